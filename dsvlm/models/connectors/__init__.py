@@ -1,0 +1,3 @@
+from .mlp import LinearConnector, MLPConnector
+
+__all__ = ['MLPConnector', 'LinearConnector']

@@ -1,0 +1,180 @@
+"""The LLaVA-1.5 VLM: vision encoder -> connector -> LLM, with optional
+supervisors (DS-VLM) hanging off the side for training."""
+from typing import Dict, List, Optional, Union
+
+import torch
+from mmengine.model import BaseModel
+from torch import nn
+
+from dsvlm.registry import CONNECTORS, LLMS, MODELS, SUPERVISORS, VISION_ENCODERS
+from .checkpoint import (ignore_missing_frozen, keep_trainable,
+                         load_pretrained_pth, trainable_names)
+from .features import VisualFeatures
+from .generation import decode_answers, generation_kwargs
+from .splice import splice_image_features
+from .train_mode import check_train_mode, freeze
+
+
+@MODELS.register_module()
+class LlavaModel(BaseModel):
+    """LLaVA-style VLM assembled from the registries.
+
+    Args:
+        vision_encoder, connector, llm: configs for VISION_ENCODERS,
+            CONNECTORS and LLMS.  The connector's ``in_dim``/``out_dim``
+            default to the encoder and LLM widths.
+        connector_train_mode: ``'full'`` or ``'frozen'``.
+        tokenizer: tokenizer config or instance; needed by ``predict``.
+        template: conversation template name; its end-of-turn string stops
+            generation.
+        max_length: spliced sequences are truncated to this many tokens.
+        pretrained_pth: a checkpoint file, or a finished run's work_dir, whose
+            matching weights are loaded after building (stage 2 loads the
+            stage-1 connector this way).
+        supervisors: SUPERVISORS configs; each adds losses computed from the
+            :class:`VisualFeatures` of the batch (training only).
+        generation_cfg: ``generate`` arguments for ``predict``.
+        save_trainable_only: checkpoints hold the trainable weights only.
+    """
+
+    def __init__(self,
+                 vision_encoder: dict,
+                 connector: dict,
+                 llm: dict,
+                 connector_train_mode: str = 'full',
+                 tokenizer=None,
+                 template: Optional[str] = None,
+                 max_length: Optional[int] = None,
+                 pretrained_pth: Optional[str] = None,
+                 supervisors: Optional[List[dict]] = None,
+                 generation_cfg: Optional[dict] = None,
+                 save_trainable_only: bool = True,
+                 data_preprocessor: Optional[dict] = None,
+                 init_cfg=None):
+        if data_preprocessor is None:
+            data_preprocessor = dict(type='VLMDataPreprocessor')
+        super().__init__(data_preprocessor=data_preprocessor,
+                         init_cfg=init_cfg)
+        self.vision_encoder = VISION_ENCODERS.build(vision_encoder)
+        self.llm = LLMS.build(llm)
+        connector = dict(connector)
+        connector.setdefault('in_dim', self.vision_encoder.hidden_size)
+        connector.setdefault('out_dim', self.llm.hidden_size)
+        self.connector = CONNECTORS.build(connector)
+        if check_train_mode(connector_train_mode,
+                            'connector_train_mode') == 'frozen':
+            freeze(self.connector)
+        elif connector_train_mode == 'lora':
+            raise ValueError("connector_train_mode='lora' is not supported; "
+                             "use 'full' or 'frozen'")
+        self.supervisors = nn.ModuleList(
+            SUPERVISORS.build(cfg) for cfg in (supervisors or []))
+        self._tokenizer_cfg = tokenizer
+        self._tokenizer = None
+        self.template = template
+        self.max_length = max_length
+        self.generation_cfg = dict(max_new_tokens=32, **(generation_cfg or {}))
+        self.save_trainable_only = save_trainable_only
+        self.register_load_state_dict_post_hook(ignore_missing_frozen)
+        if pretrained_pth:
+            load_pretrained_pth(self, pretrained_pth)
+
+    # ------------------------------------------------------------ weights
+    def init_weights(self):
+        """Every part is initialised when built (HF modules by transformers,
+        from their pretrained directories or their configs); MMEngine's
+        recursive ``init_weights`` would re-initialise loaded HF weights."""
+
+    def state_dict(self, *args, **kwargs):
+        state = super().state_dict(*args, **kwargs)
+        if not self.save_trainable_only:
+            return state
+        prefix = kwargs.get('prefix', args[1] if len(args) > 1 else '')
+        return keep_trainable(state,
+                              {prefix + n for n in trainable_names(self)})
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None and self._tokenizer_cfg is not None:
+            from dsvlm.datasets.tokenizers import build_tokenizer
+            self._tokenizer = build_tokenizer(self._tokenizer_cfg)
+        return self._tokenizer
+
+    # ------------------------------------------------------------ forward
+    def forward(self, inputs: dict, data_samples: Optional[list] = None,
+                mode: str = 'tensor'):
+        if mode == 'loss':
+            return self.loss(inputs, data_samples)
+        if mode == 'predict':
+            return self.predict(inputs, data_samples)
+        if mode == 'tensor':
+            return self._llm_forward(inputs, data_samples).logits
+        raise ValueError(f"mode={mode!r}; use 'loss', 'predict' or 'tensor'")
+
+    def encode_images(self, pixel_values, has_image=None) -> VisualFeatures:
+        """Encoder and connector, with every intermediate kept for
+        supervisors."""
+        tokens, hidden_states = self.vision_encoder(pixel_values)
+        return VisualFeatures(pixel_values=pixel_values,
+                              encoder_hidden_states=hidden_states,
+                              encoder_tokens=tokens,
+                              connector_output=self.connector(tokens),
+                              has_image=has_image)
+
+    def _splice(self, inputs, data_samples, features, padding_side):
+        sample_ids = [s.get('id') for s in data_samples] \
+            if data_samples else None
+        return splice_image_features(
+            self.llm.embed_tokens, inputs['input_ids'],
+            inputs['attention_mask'],
+            features.connector_output if features is not None else None,
+            inputs.get('has_image'), labels=inputs.get('labels'),
+            max_length=self.max_length, padding_side=padding_side,
+            sample_ids=sample_ids)
+
+    def _encode_if_images(self, inputs) -> Optional[VisualFeatures]:
+        pixel_values = inputs.get('pixel_values')
+        if pixel_values is None:
+            return None
+        return self.encode_images(pixel_values, inputs.get('has_image'))
+
+    def _llm_forward(self, inputs, data_samples, features=None):
+        if features is None:
+            features = self._encode_if_images(inputs)
+        spliced = self._splice(inputs, data_samples, features, 'right')
+        out = self.llm(spliced.inputs_embeds, spliced.attention_mask,
+                       labels=spliced.labels)
+        if features is not None and out.loss is not None:
+            # Keep every trainable visual parameter in the graph when the
+            # batch has text-only rows (or no image): DDP needs all grads.
+            out.loss = out.loss + 0. * features.connector_output.sum()
+        return out
+
+    def loss(self, inputs: dict, data_samples=None) -> Dict[str, torch.Tensor]:
+        features = self._encode_if_images(inputs)
+        losses = dict(loss_lm=self._llm_forward(inputs, data_samples,
+                                                features).loss)
+        for supervisor in self.supervisors:
+            if features is None:
+                continue
+            losses.update(supervisor.loss(features, data_samples))
+        return losses
+
+    @torch.no_grad()
+    def predict(self, inputs: dict, data_samples=None) -> List[dict]:
+        """Generate the answer of each sample; returns the data samples with
+        ``pred_answer`` added."""
+        if self.tokenizer is None:
+            raise ValueError('LlavaModel.predict needs a tokenizer: set '
+                             '`tokenizer` in the config')
+        features = self._encode_if_images(inputs)
+        spliced = self._splice(dict(inputs, labels=None), data_samples,
+                               features, 'left')
+        kwargs = generation_kwargs(self.tokenizer, self.template,
+                                   self.generation_cfg)
+        new_ids = self.llm.generate(spliced.inputs_embeds,
+                                    spliced.attention_mask, **kwargs)
+        answers = decode_answers(self.tokenizer, new_ids, self.template)
+        samples = data_samples or [dict() for _ in answers]
+        return [dict(sample, pred_answer=answer)
+                for sample, answer in zip(samples, answers)]

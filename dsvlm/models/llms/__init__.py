@@ -1,0 +1,3 @@
+from .hf_causal_lm import HFCausalLM
+
+__all__ = ['HFCausalLM']

@@ -1,0 +1,1 @@
+"""Reconstruction losses register here."""

@@ -1,0 +1,1 @@
+"""Supervisors (DS-VLM diffusion supervision) register here."""

@@ -1,0 +1,3 @@
+from .hf_vision_encoder import HFVisionEncoder
+
+__all__ = ['HFVisionEncoder']

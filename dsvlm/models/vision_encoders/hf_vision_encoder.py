@@ -1,0 +1,90 @@
+"""CLIP and SigLIP vision towers from transformers."""
+from typing import Optional
+
+import torch
+from torch import nn
+from transformers import (CLIPVisionConfig, CLIPVisionModel,
+                          SiglipVisionConfig, SiglipVisionModel)
+
+from dsvlm.registry import VISION_ENCODERS
+from ..hf_build import build_hf_module
+from ..train_mode import apply_train_mode
+
+TOWERS = {
+    'clip': (CLIPVisionModel, CLIPVisionConfig, True),
+    'siglip': (SiglipVisionModel, SiglipVisionConfig, False),
+}  # model_type -> (model class, config class, has a CLS token)
+SELECT_FEATURES = ('patch', 'cls_patch')
+
+
+@VISION_ENCODERS.register_module()
+class HFVisionEncoder(nn.Module):
+    """A transformers vision tower with LLaVA's feature selection.
+
+    Args:
+        model_type: ``'clip'`` or ``'siglip'``.
+        pretrained: local directory of a CLIP/SigLIP checkpoint (a full
+            CLIP/SigLIP model directory is fine: only the vision tower loads).
+        config: the vision config fields, to build with random weights.
+        select_layer: hidden state the connector reads (LLaVA: -2).
+        select_feature: ``'patch'`` (drop CLS, LLaVA-1.5) or ``'cls_patch'``.
+        train_mode: ``'frozen'``, ``'full'`` or ``'lora'``.  Never run under
+            ``torch.no_grad()``: a frozen tower still passes gradients back to
+            nothing, and a trainable one must receive them (DS-VLM).
+    """
+
+    def __init__(self,
+                 model_type: str = 'clip',
+                 pretrained: Optional[str] = None,
+                 config: Optional[dict] = None,
+                 select_layer: int = -2,
+                 select_feature: str = 'patch',
+                 train_mode: str = 'frozen',
+                 lora_cfg: Optional[dict] = None,
+                 gradient_checkpointing: bool = False,
+                 dtype=None):
+        super().__init__()
+        if model_type not in TOWERS:
+            raise ValueError(f'vision_encoder.model_type={model_type!r}; '
+                             f'choose one of {", ".join(TOWERS)}')
+        if select_feature not in SELECT_FEATURES:
+            raise ValueError(f'vision_encoder.select_feature={select_feature!r}'
+                             f'; choose one of {", ".join(SELECT_FEATURES)}')
+        model_cls, config_cls, self.has_cls_token = TOWERS[model_type]
+        if select_feature == 'cls_patch' and not self.has_cls_token:
+            raise ValueError(f'{model_type} has no CLS token: use '
+                             "select_feature='patch'")
+        tower = build_hf_module(model_cls, pretrained, config, config_cls,
+                                dtype=dtype, what='vision_encoder')
+        self.config = tower.config
+        if gradient_checkpointing:
+            tower.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs=dict(use_reentrant=False))
+        self.select_layer = select_layer
+        self.select_feature = select_feature
+        self.train_mode = train_mode
+        self.tower = apply_train_mode(tower, train_mode, lora_cfg,
+                                      key='vision_encoder.train_mode')
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_hidden_layers
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.tower.parameters()).dtype
+
+    def forward(self, pixel_values: torch.Tensor):
+        """Returns ``(tokens, hidden_states)``: the selected tokens
+        ``[B, N, C]`` and all hidden states (embeddings, layer 1..L)."""
+        out = self.tower(pixel_values=pixel_values.to(self.dtype),
+                         output_hidden_states=True)
+        hidden_states = tuple(out.hidden_states)
+        tokens = hidden_states[self.select_layer]
+        if self.has_cls_token and self.select_feature == 'patch':
+            tokens = tokens[:, 1:]
+        return tokens, hidden_states
