@@ -1,0 +1,47 @@
+"""Shared pytest fixtures."""
+import pytest
+
+SPECIAL_TOKENS = [
+    '<s>', '</s>', '<unk>', '<pad>', '<|begin_of_text|>',
+    '<|start_header_id|>', '<|end_header_id|>', '<|eot_id|>',
+    '<|im_start|>', '<|im_end|>', '<|endoftext|>'
+]
+CORPUS = [
+    'A chat between a curious user and an artificial intelligence assistant.',
+    "The assistant gives helpful, detailed, and polite answers to the user's "
+    'questions.',
+    'USER: What colour is the square? ASSISTANT: The square is red.',
+    'What is in the image? A red circle at the top left.',
+    'system user assistant You are a helpful assistant.',
+]
+
+
+def build_test_tokenizer():
+    """A byte-level BPE trained in memory: every string is encodable and
+    decodes back exactly; the chat special tokens are single tokens."""
+    from tokenizers import (Tokenizer, decoders, models, pre_tokenizers,
+                            trainers)
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(CORPUS, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token='<s>', eos_token='</s>',
+        unk_token='<unk>', pad_token='<pad>',
+        clean_up_tokenization_spaces=False)
+
+
+@pytest.fixture(scope='session')
+def test_tokenizer():
+    return build_test_tokenizer()
+
+
+@pytest.fixture
+def make_test_tokenizer():
+    """Builds a fresh test tokenizer (for tests that modify it)."""
+    return build_test_tokenizer
