@@ -25,6 +25,8 @@ class LlavaModel(BaseModel):
             default to the encoder and LLM widths.
         connector_train_mode: ``'full'`` or ``'frozen'``.
         tokenizer: tokenizer config or instance; needed by ``predict``.
+        image_processor: the image processor config of the data pipeline;
+            kept (not built) so that exports can ship it with the weights.
         template: conversation template name; its end-of-turn string stops
             generation.
         max_length: spliced sequences are truncated to this many tokens.
@@ -43,6 +45,7 @@ class LlavaModel(BaseModel):
                  llm: dict,
                  connector_train_mode: str = 'full',
                  tokenizer=None,
+                 image_processor=None,
                  template: Optional[str] = None,
                  max_length: Optional[int] = None,
                  pretrained_pth: Optional[str] = None,
@@ -71,9 +74,11 @@ class LlavaModel(BaseModel):
             SUPERVISORS.build(cfg) for cfg in (supervisors or []))
         self._tokenizer_cfg = tokenizer
         self._tokenizer = None
+        self.image_processor_cfg = image_processor
         self.template = template
         self.max_length = max_length
-        self.generation_cfg = dict(max_new_tokens=32, **(generation_cfg or {}))
+        self.generation_cfg = {'max_new_tokens': 32,
+                               **(generation_cfg or {})}
         self.save_trainable_only = save_trainable_only
         self.register_load_state_dict_post_hook(ignore_missing_frozen)
         if pretrained_pth:

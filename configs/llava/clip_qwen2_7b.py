@@ -1,0 +1,15 @@
+# CLIP-L/336 + Qwen2-7B-Instruct, stage 2: instruction tuning.
+_base_ = [
+    '../_base_/models/clip_l14_336.py',
+    '../_base_/models/qwen2_7b.py',
+    '../_base_/datasets/llava_instruct.py',
+    '../_base_/schedules/instruct.py',
+    '../_base_/default_runtime.py',
+]
+
+model = dict(
+    vision_encoder=_base_.vision_encoder,
+    llm=_base_.llm,
+    # stage 1's connector: the newest checkpoint in that run's work_dir
+    pretrained_pth='work_dirs/clip_qwen2_7b_pretrain',
+)

@@ -1,0 +1,10 @@
+# CLIP-L/336 + Qwen2-7B-Instruct, stage 1: connector pre-training.
+_base_ = [
+    '../_base_/models/clip_l14_336.py',
+    '../_base_/models/qwen2_7b.py',
+    '../_base_/datasets/llava_pretrain.py',
+    '../_base_/schedules/pretrain.py',
+    '../_base_/default_runtime.py',
+]
+
+model = dict(vision_encoder=_base_.vision_encoder, llm=_base_.llm)

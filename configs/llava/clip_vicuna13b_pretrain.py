@@ -1,0 +1,11 @@
+# LLaVA-1.5-13B (CLIP-L/336 + Vicuna-13B v1.5),
+# stage 1: connector pre-training.
+_base_ = [
+    '../_base_/models/clip_l14_336.py',
+    '../_base_/models/vicuna13b.py',
+    '../_base_/datasets/llava_pretrain.py',
+    '../_base_/schedules/pretrain.py',
+    '../_base_/default_runtime.py',
+]
+
+model = dict(vision_encoder=_base_.vision_encoder, llm=_base_.llm)

@@ -1,0 +1,16 @@
+# LLaVA-1.5-7B (CLIP-L/336 + Vicuna-7B v1.5),
+# stage 2 with LoRA on the LLM.
+_base_ = [
+    '../_base_/models/clip_l14_336.py',
+    '../_base_/models/vicuna7b.py',
+    '../_base_/datasets/llava_instruct.py',
+    '../_base_/schedules/instruct_lora.py',
+    '../_base_/default_runtime.py',
+]
+
+model = dict(
+    vision_encoder=_base_.vision_encoder,
+    llm=_base_.llm,
+    # stage 1's connector: the newest checkpoint in that run's work_dir
+    pretrained_pth='work_dirs/clip_vicuna7b_pretrain',
+)

@@ -1,0 +1,10 @@
+# LLaVA-1.5-7B (CLIP-L/336 + Vicuna-7B v1.5), stage 1: connector pre-training.
+_base_ = [
+    '../_base_/models/clip_l14_336.py',
+    '../_base_/models/vicuna7b.py',
+    '../_base_/datasets/llava_pretrain.py',
+    '../_base_/schedules/pretrain.py',
+    '../_base_/default_runtime.py',
+]
+
+model = dict(vision_encoder=_base_.vision_encoder, llm=_base_.llm)

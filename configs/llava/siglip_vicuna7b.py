@@ -1,0 +1,15 @@
+# SigLIP-SO400M/384 + Vicuna-7B v1.5, stage 2: instruction tuning.
+_base_ = [
+    '../_base_/models/siglip_so400m_14_384.py',
+    '../_base_/models/vicuna7b.py',
+    '../_base_/datasets/llava_instruct.py',
+    '../_base_/schedules/instruct.py',
+    '../_base_/default_runtime.py',
+]
+
+model = dict(
+    vision_encoder=_base_.vision_encoder,
+    llm=_base_.llm,
+    # stage 1's connector: the newest checkpoint in that run's work_dir
+    pretrained_pth='work_dirs/siglip_vicuna7b_pretrain',
+)

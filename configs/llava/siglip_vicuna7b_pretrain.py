@@ -1,0 +1,10 @@
+# SigLIP-SO400M/384 + Vicuna-7B v1.5, stage 1: connector pre-training.
+_base_ = [
+    '../_base_/models/siglip_so400m_14_384.py',
+    '../_base_/models/vicuna7b.py',
+    '../_base_/datasets/llava_pretrain.py',
+    '../_base_/schedules/pretrain.py',
+    '../_base_/default_runtime.py',
+]
+
+model = dict(vision_encoder=_base_.vision_encoder, llm=_base_.llm)
