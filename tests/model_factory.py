@@ -27,3 +27,25 @@ def tiny_vlm_cfg(encoder_mode='full', llm_mode='full', **overrides):
                                       target_modules='all-linear')
     cfg.update(overrides)
     return cfg
+
+TINY_UNET = dict(sample_size=8, in_channels=4, out_channels=4,
+                 layers_per_block=1, block_out_channels=(32, 64),
+                 cross_attention_dim=32, attention_head_dim=8,
+                 norm_num_groups=8,
+                 down_block_types=('CrossAttnDownBlock2D', 'DownBlock2D'),
+                 up_block_types=('UpBlock2D', 'CrossAttnUpBlock2D'))
+TINY_VAE = dict(in_channels=3, out_channels=3, latent_channels=4,
+                layers_per_block=1, block_out_channels=(16, 32),
+                norm_num_groups=8, sample_size=32,
+                down_block_types=('DownEncoderBlock2D', ) * 2,
+                up_block_types=('UpDecoderBlock2D', ) * 2)
+
+
+def tiny_supervisor_cfg(**overrides):
+    """A diffusion supervisor on the tiny CLIP (3 layers) of tiny_vlm_cfg."""
+    cfg = dict(type='DiffusionSupervisor', unet=copy.deepcopy(TINY_UNET),
+               vae=copy.deepcopy(TINY_VAE),
+               image_layers=dict(low=1, mid=2, high=3), image_size=16,
+               loss=dict(type='L1ReconLoss'))
+    cfg.update(overrides)
+    return cfg

@@ -26,13 +26,31 @@ def keep_trainable(state_dict: Dict[str, torch.Tensor],
     return state_dict
 
 
-def ignore_missing_frozen(module: nn.Module, incompatible_keys) -> None:
-    """A ``load_state_dict`` post-hook: frozen parameters are expected to be
-    absent from a trainable-only checkpoint; trainable ones are still
-    reported as missing."""
+TRAINING_ONLY_PREFIX = 'supervisors.'
+
+
+def ignore_expected_mismatches(module: nn.Module, incompatible_keys) -> None:
+    """A ``load_state_dict`` post-hook for trainable-only checkpoints.
+
+    Frozen parameters are expected to be absent (trainable ones are still
+    reported missing), and a model built for inference, without
+    supervisors, expects the training-only ``supervisors.*`` weights of a
+    training checkpoint and ignores them.
+    """
     frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
     missing = incompatible_keys.missing_keys
     missing[:] = [k for k in missing if k not in frozen]
+    if not len(getattr(module, 'supervisors', ())):
+        unexpected = incompatible_keys.unexpected_keys
+        unexpected[:] = [k for k in unexpected
+                         if not k.startswith(TRAINING_ONLY_PREFIX)]
+
+
+def inference_state_dict(state_dict: Dict[str, torch.Tensor]
+                         ) -> Dict[str, torch.Tensor]:
+    """The weights inference needs: everything but the supervisors."""
+    return {k: v for k, v in state_dict.items()
+            if not k.startswith(TRAINING_ONLY_PREFIX)}
 
 
 def resolve_checkpoint_path(path: str) -> str:

@@ -7,7 +7,7 @@ from mmengine.model import BaseModel
 from torch import nn
 
 from dsvlm.registry import CONNECTORS, LLMS, MODELS, SUPERVISORS, VISION_ENCODERS
-from .checkpoint import (ignore_missing_frozen, keep_trainable,
+from .checkpoint import (ignore_expected_mismatches, keep_trainable,
                          load_pretrained_pth, trainable_names)
 from .features import VisualFeatures
 from .generation import decode_answers, generation_kwargs
@@ -71,7 +71,8 @@ class LlavaModel(BaseModel):
             raise ValueError("connector_train_mode='lora' is not supported; "
                              "use 'full' or 'frozen'")
         self.supervisors = nn.ModuleList(
-            SUPERVISORS.build(cfg) for cfg in (supervisors or []))
+            SUPERVISORS.build(cfg, default_args=self._supervisor_args())
+            for cfg in (supervisors or []))
         self._tokenizer_cfg = tokenizer
         self._tokenizer = None
         self.image_processor_cfg = image_processor
@@ -80,9 +81,15 @@ class LlavaModel(BaseModel):
         self.generation_cfg = {'max_new_tokens': 32,
                                **(generation_cfg or {})}
         self.save_trainable_only = save_trainable_only
-        self.register_load_state_dict_post_hook(ignore_missing_frozen)
+        self.register_load_state_dict_post_hook(ignore_expected_mismatches)
         if pretrained_pth:
             load_pretrained_pth(self, pretrained_pth)
+
+    def _supervisor_args(self) -> dict:
+        """What every supervisor is told about the features it reads."""
+        return dict(encoder_dim=self.vision_encoder.hidden_size,
+                    connector_dim=self.llm.hidden_size,
+                    encoder_num_layers=self.vision_encoder.num_layers)
 
     # ------------------------------------------------------------ weights
     def init_weights(self):

@@ -1,0 +1,270 @@
+"""DS-VLM's diffusion supervision (Multi-Adapter Diffusion).
+
+A frozen Stable-Diffusion UNet reconstructs the input image, conditioned on
+the connector output (text modality) and on low/mid/high encoder layers
+(image modality), each through its own adapter, mixed by the MoE
+cross-attention (ICA) or fed jointly to the UNet's own cross-attention
+(SCA).  The reconstruction is the VAE decode of the one-step clean-latent
+estimate (or of N DDIM steps), and its loss flows straight back into the
+adapters, the new K/V and router, the connector and (when trainable) the
+encoder.  Training only: the VLM's inference never builds this.
+"""
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dsvlm.registry import SUPERVISORS
+from ..features import VisualFeatures
+from ..recon_losses import build_recon_loss
+from ..train_mode import apply_train_mode
+from .adapters import build_adapter
+from .denoising import (clean_latent_estimate, ddim_denoise,
+                        diffusion_target)
+from .diffusion_parts import build_diffusion_parts, ddim_sampler
+from .moe_cross_attention import (install_moe_cross_attention,
+                                  router_probabilities)
+from .shared_cross_attention import (install_shared_cross_attention,
+                                     pack_branch_features)
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CROSS_ATTENTION_MODES = ('moe', 'shared')
+IMAGE_LEVELS = ('low', 'mid', 'high')
+
+
+@SUPERVISORS.register_module()
+class DiffusionSupervisor(nn.Module):
+    """Reconstruct the input image from the VLM's visual features.
+
+    Args:
+        encoder_dim, connector_dim, encoder_num_layers: filled in by the VLM.
+        pretrained: local SD-1.5-style directory (``unet/ vae/ scheduler/``).
+        unet, vae, scheduler: architecture configs (random weights) or
+            overrides of the scheduler config.
+        text_feature: condition on the connector output (TS).
+        image_layers: image-modality features (IS), ``{level: layer}`` with
+            levels among ``low/mid/high`` and 1-based encoder layers; the
+            paper uses ``dict(low=8, mid=16, high=24)`` for CLIP-L.
+        cross_attention: ``'moe'`` (ICA, the paper's) or ``'shared'`` (SCA).
+        adapter: ``dict(type='mlp', depth=1)`` or ``dict(type='qformer')``.
+        loss: RECON_LOSSES config(s); perceptual by default.
+        loss_weight: multiplies every reconstruction term.
+        image_size: the side the target image is resized to for the VAE
+            (a multiple of the VAE's downsampling factor).
+        image_mean, image_std: the encoder processor's normalisation, undone
+            to get the target image.
+        timestep_range: training timesteps are drawn from ``[low, high)``.
+        sampling_steps: 1 = one-step clean-latent estimate; N > 1 = N DDIM
+            steps from the sampled timestep, with gradient through all.
+        unet_train_mode, vae_train_mode: ``'frozen'`` (the paper) or
+            ``'full'`` (only where no pretrained SD exists, e.g. the tiny
+            world).
+    """
+
+    def __init__(self,
+                 encoder_dim: int,
+                 connector_dim: int,
+                 encoder_num_layers: int,
+                 pretrained: Optional[str] = None,
+                 unet: Optional[dict] = None,
+                 vae: Optional[dict] = None,
+                 scheduler: Optional[dict] = None,
+                 text_feature: bool = True,
+                 image_layers: Optional[Dict[str, int]] = None,
+                 cross_attention: str = 'moe',
+                 adapter: Optional[dict] = None,
+                 loss=None,
+                 loss_weight: float = 1.0,
+                 image_size: int = 256,
+                 image_mean: Sequence[float] = OPENAI_CLIP_MEAN,
+                 image_std: Sequence[float] = OPENAI_CLIP_STD,
+                 timestep_range: Tuple[int, int] = (0, 1000),
+                 sampling_steps: int = 1,
+                 unet_train_mode: str = 'frozen',
+                 vae_train_mode: str = 'frozen',
+                 gradient_checkpointing: bool = False,
+                 dtype=None):
+        super().__init__()
+        image_layers = dict(image_layers if image_layers is not None else
+                            dict(low=8, mid=16, high=24))
+        self._check_features(text_feature, image_layers, encoder_num_layers,
+                             cross_attention)
+        self.text_feature = text_feature
+        self.image_layers = {k: image_layers[k] for k in IMAGE_LEVELS
+                             if k in image_layers}
+        parts = build_diffusion_parts(pretrained, unet, vae, scheduler, dtype)
+        self.unet = apply_train_mode(parts.unet, unet_train_mode,
+                                     key='supervisor.unet_train_mode')
+        self.vae = apply_train_mode(parts.vae, vae_train_mode,
+                                    key='supervisor.vae_train_mode')
+        self.scheduler = parts.scheduler
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        width = self.unet.config.cross_attention_dim
+        adapter = adapter or dict(type='mlp')
+        self.adapters = nn.ModuleDict()
+        if text_feature:
+            self.adapters['text'] = build_adapter(adapter, connector_dim, width)
+        for level in self.image_layers:
+            self.adapters[level] = build_adapter(adapter, encoder_dim, width)
+        if cross_attention == 'moe':
+            self.cross_attention = install_moe_cross_attention(
+                self.unet, num_image_branches=len(self.image_layers),
+                text_branch=text_feature)
+        else:
+            self.cross_attention = install_shared_cross_attention(self.unet)
+        self.recon_loss = build_recon_loss(
+            loss if loss is not None else dict(type='PerceptualReconLoss'))
+        self.loss_weight = loss_weight
+        self.image_size = image_size
+        self.register_buffer('image_mean', torch.tensor(image_mean).view(
+            1, 3, 1, 1), persistent=False)
+        self.register_buffer('image_std', torch.tensor(image_std).view(
+            1, 3, 1, 1), persistent=False)
+        low, high = timestep_range
+        if not 0 <= low < high <= self.scheduler.config.num_train_timesteps:
+            raise ValueError(f'supervisor.timestep_range={timestep_range} '
+                             'must satisfy 0 <= low < high <= '
+                             f'{self.scheduler.config.num_train_timesteps}')
+        self.timestep_range = (low, high)
+        self.sampling_steps = sampling_steps
+        self.keep_last = False  # set by ReconVisualizationHook
+        self.last_images: Optional[Dict[str, Tensor]] = None
+
+    @staticmethod
+    def _check_features(text_feature, image_layers, num_layers, mode):
+        unknown = sorted(set(image_layers) - set(IMAGE_LEVELS))
+        if unknown:
+            raise ValueError(f'supervisor.image_layers: unknown level(s) '
+                             f'{unknown}; use {", ".join(IMAGE_LEVELS)}')
+        for level, layer in image_layers.items():
+            if not 1 <= layer <= num_layers:
+                raise ValueError(
+                    f'supervisor.image_layers.{level}={layer}: the encoder '
+                    f'has layers 1..{num_layers}')
+        if not text_feature and not image_layers:
+            raise ValueError('supervisor: no supervision feature is on; set '
+                             'text_feature=True or image_layers')
+        if mode not in CROSS_ATTENTION_MODES:
+            raise ValueError(f'supervisor.cross_attention={mode!r}; choose '
+                             f'one of {", ".join(CROSS_ATTENTION_MODES)}')
+
+    # ------------------------------------------------------------ pieces
+    @property
+    def vae_scale(self) -> float:
+        return self.vae.config.scaling_factor
+
+    def target_images(self, pixel_values: Tensor) -> Tensor:
+        """Undo the encoder normalisation; resize; map to the VAE's [-1, 1]."""
+        images = pixel_values.float() * self.image_std + self.image_mean
+        if images.shape[-1] != self.image_size:
+            images = F.interpolate(images, size=(self.image_size, ) * 2,
+                                   mode='bilinear', align_corners=False,
+                                   antialias=True)
+        return (images * 2 - 1).clamp(-1, 1).to(self.unet.dtype)
+
+    def conditions(self, features: VisualFeatures, rows: Tensor) -> List[Tensor]:
+        """Adapted features, text first, then low/mid/high."""
+        conds = []
+        if self.text_feature:
+            conds.append(self.adapters['text'](features.connector_output[rows]))
+        layers = features.encoder_layers(list(self.image_layers.values()))
+        for level, hidden in zip(self.image_layers, layers):
+            conds.append(self.adapters[level](hidden[rows]))
+        return [c.to(self.unet.dtype) for c in conds]
+
+    def encode_latents(self, images: Tensor) -> Tensor:
+        trainable = any(p.requires_grad for p in self.vae.encoder.parameters())
+        with torch.set_grad_enabled(trainable and torch.is_grad_enabled()):
+            dist = self.vae.encode(images).latent_dist
+        return dist.sample() * self.vae_scale
+
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        return self.vae.decode(latents / self.vae_scale).sample
+
+    def _unet(self, conds: List[Tensor]):
+        context, kwargs = pack_branch_features(conds)
+
+        def predict(x_t, t):
+            return self.unet(x_t, t, encoder_hidden_states=context,
+                             cross_attention_kwargs=kwargs).sample
+
+        return predict
+
+    # ------------------------------------------------------------ training
+    def loss(self, features: VisualFeatures,
+             data_samples=None) -> Dict[str, Tensor]:
+        rows = features.has_image
+        if rows is None:
+            rows = torch.ones(features.pixel_values.shape[0], dtype=torch.bool,
+                              device=features.pixel_values.device)
+        if not bool(rows.any()):
+            return self._zero_losses()
+        target = self.target_images(features.pixel_values[rows])
+        latents = self.encode_latents(target)
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(*self.timestep_range, (latents.shape[0], ),
+                                  device=latents.device)
+        x_t = self.scheduler.add_noise(latents, noise, timesteps)
+        predict = self._unet(self.conditions(features, rows))
+        model_output = predict(x_t, timesteps)
+        recon = None
+        if self.recon_loss.needs_images:
+            if self.sampling_steps > 1:
+                x0 = ddim_denoise(ddim_sampler(self.scheduler), predict, x_t,
+                                  self.sampling_steps,
+                                  start_timestep=int(timesteps.max()))
+            else:
+                x0 = clean_latent_estimate(self.scheduler, x_t, model_output,
+                                           timesteps)
+            recon = self.decode_latents(x0)
+        losses = self.recon_loss(
+            recon.float() if recon is not None else None, target.float(),
+            noise=diffusion_target(self.scheduler, latents, noise,
+                                   timesteps).float(),
+            noise_pred=model_output.float())
+        if self.keep_last and recon is not None:
+            self.last_images = dict(target=target.detach().float(),
+                                    recon=recon.detach().float())
+        return {k: v * self.loss_weight for k, v in losses.items()}
+
+    def _zero_losses(self) -> Dict[str, Tensor]:
+        """No image in the batch: zero losses that still touch every
+        trainable parameter (DDP expects a gradient for each)."""
+        zero = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.
+        return {key: zero for key in self.recon_loss.log_keys}
+
+    # ------------------------------------------------------------ insight
+    def router_probabilities(self) -> Dict[str, Tensor]:
+        """Mean MoE router weights ``P_0..P_k`` per layer, last forward."""
+        return router_probabilities(self.cross_attention)
+
+    @torch.no_grad()
+    def reconstruct(self, features: VisualFeatures, num_steps: int = 50,
+                    num_snapshots: int = 8, seed: int = 0) -> List[Tensor]:
+        """Denoise from pure noise to an image in ``num_steps`` DDIM steps
+        (the paper's Figure 5).  Returns ``num_snapshots`` decoded images
+        ``[B, 3, H, W]`` in [-1, 1] along the trajectory, the last being the
+        final reconstruction."""
+        rows = torch.ones(features.pixel_values.shape[0], dtype=torch.bool,
+                          device=features.pixel_values.device)
+        predict = self._unet(self.conditions(features, rows))
+        factor = 2**(len(self.vae.config.block_out_channels) - 1)
+        shape = (len(rows), self.unet.config.in_channels,
+                 self.image_size // factor, self.image_size // factor)
+        generator = torch.Generator(device='cpu').manual_seed(seed)
+        x = torch.randn(shape, generator=generator).to(
+            features.pixel_values.device, self.unet.dtype)
+        keep = set(torch.linspace(0, num_steps - 1,
+                                  num_snapshots).round().long().tolist())
+        snapshots = []
+
+        def on_step(step, estimate):
+            if step in keep:
+                snapshots.append(self.decode_latents(estimate).float())
+
+        ddim_denoise(ddim_sampler(self.scheduler), predict, x, num_steps,
+                     on_step=on_step)
+        return snapshots

@@ -1,0 +1,188 @@
+"""The gradient path of DS-VLM's diffusion supervision, on tiny models."""
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from mmengine.registry import init_default_scope
+
+from dsvlm.registry import MODELS
+from dsvlm.models.checkpoint import inference_state_dict
+from dsvlm.models.supervisors.denoising import clean_latent_estimate
+from model_factory import tiny_supervisor_cfg, tiny_vlm_cfg
+
+init_default_scope('dsvlm')
+
+
+def build(encoder_mode='full', **sup):
+    torch.manual_seed(0)
+    return MODELS.build(tiny_vlm_cfg(encoder_mode=encoder_mode,
+                                     llm_mode='frozen',
+                                     supervisors=[tiny_supervisor_cfg(**sup)]))
+
+
+def batch(has_image=(True, True)):
+    ids = torch.tensor([[1, 5, -200, 7, 8, 9], [1, 5, -200, 7, 8, 0]])
+    return dict(input_ids=ids, attention_mask=ids != 0, labels=ids.clamp(0),
+                pixel_values=torch.randn(2, 3, 32, 32),
+                has_image=torch.tensor(has_image))
+
+
+def recon_backward(model, inputs=None):
+    losses = model(inputs or batch(), None, mode='loss')
+    recon = sum(v for k, v in losses.items() if 'recon' in k)
+    recon.backward()  # the language loss is left out
+    return losses
+
+
+def grads_of(module, pattern):
+    return [p.grad for n, p in module.named_parameters() if pattern in n]
+
+
+def nonzero(grads):
+    return bool(grads) and all(g is not None and g.abs().sum() > 0
+                               for g in grads)
+
+
+def test_recon_loss_alone_reaches_connector_and_encoder():
+    model = build()
+    losses = recon_backward(model)
+    assert 'loss_recon_mae' in losses and 'loss_lm' in losses
+    assert nonzero(list(g for g in grads_of(model.connector, '')))
+    tower = model.vision_encoder.tower
+    for layer in (0, 1, 2):  # supervised layers 1..3 (1-based)
+        assert nonzero(grads_of(tower, f'layers.{layer}.')), layer
+    assert all(g is None for g in grads_of(model.llm, ''))
+
+
+def test_encoder_layers_after_the_deepest_supervised_one_get_nothing():
+    model = build(text_feature=False, image_layers=dict(low=1))
+    recon_backward(model)
+    tower = model.vision_encoder.tower
+    assert nonzero(grads_of(tower, 'layers.0.'))
+    assert all(g is None for g in grads_of(tower, 'layers.1.'))
+    assert all(g is None for g in grads_of(tower, 'layers.2.'))
+    assert all(g is None for g in grads_of(model.connector, ''))
+
+
+def test_frozen_unet_and_vae_get_no_gradient_but_new_parts_do():
+    model = build()
+    recon_backward(model)
+    sup = model.supervisors[0]
+    assert all(p.grad is None for p in sup.unet.parameters())
+    assert all(p.grad is None for p in sup.vae.parameters())
+    assert not any(p.requires_grad for p in sup.unet.parameters())
+    assert nonzero([p.grad for p in sup.adapters.parameters()])
+    new_kv = [p.grad for n, p in sup.cross_attention.named_parameters()
+              if 'router' not in n]
+    routers = [p.grad for n, p in sup.cross_attention.named_parameters()
+               if 'router' in n]
+    assert nonzero(new_kv) and routers
+    assert all(g is not None for g in routers)
+
+
+def test_frozen_encoder_gets_nothing_connector_still_does():
+    model = build(encoder_mode='frozen')
+    recon_backward(model)
+    assert all(p.grad is None for p in model.vision_encoder.parameters())
+    assert nonzero(grads_of(model.connector, ''))
+
+
+@pytest.mark.parametrize('prediction_type', ['epsilon', 'v_prediction'])
+def test_clean_latent_estimate_matches_diffusers_step(prediction_type):
+    scheduler = DDPMScheduler(num_train_timesteps=1000,
+                              beta_schedule='scaled_linear',
+                              beta_start=0.00085, beta_end=0.012,
+                              prediction_type=prediction_type,
+                              clip_sample=False)
+    x_t, out = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    for t in (0, 10, 500, 999):
+        ref = scheduler.step(out, t, x_t).pred_original_sample
+        got = clean_latent_estimate(scheduler, x_t, out, torch.tensor([t]))
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_target_image_undoes_the_encoder_normalisation():
+    model = build()
+    sup = model.supervisors[0]
+    images = torch.rand(2, 3, 16, 16)
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    target = sup.target_images((images - mean) / std)
+    torch.testing.assert_close(target, images * 2 - 1, rtol=0, atol=1e-5)
+
+
+def test_batch_without_images_gives_zero_recon_loss_touching_every_part():
+    model = build()
+    inputs = batch(has_image=(False, False))
+    inputs['input_ids'] = inputs['input_ids'].clamp(min=0)
+    losses = model(inputs, None, mode='loss')
+    assert float(losses['loss_recon_mae']) == 0.0
+    losses['loss_recon_mae'].backward()
+    sup = model.supervisors[0]
+    assert all(p.grad is not None for p in sup.parameters()
+               if p.requires_grad)
+
+
+def test_multi_step_training_and_trajectory():
+    model = build(sampling_steps=3)
+    losses = recon_backward(model)
+    assert torch.isfinite(losses['loss_recon_mae'])
+    sup = model.supervisors[0]
+    features = model.encode_images(batch()['pixel_values'])
+    snaps = sup.reconstruct(features, num_steps=6, num_snapshots=3)
+    assert len(snaps) == 3 and snaps[-1].shape == (2, 3, 16, 16)
+    assert not torch.equal(snaps[0], snaps[-1])
+
+
+def test_checkpoint_keeps_trainable_supervisor_parts_not_sd():
+    model = build()
+    state = model.state_dict()
+    sup_keys = [k for k in state if k.startswith('supervisors.')]
+    assert any('.adapters.' in k for k in sup_keys)
+    assert any('.cross_attention.' in k for k in sup_keys)
+    assert not any('.unet.' in k or '.vae.' in k for k in sup_keys)
+    # an inference model (no supervisors) loads a training checkpoint
+    torch.manual_seed(0)
+    plain = MODELS.build(tiny_vlm_cfg(encoder_mode='full', llm_mode='frozen'))
+    result = plain.load_state_dict(state, strict=True)
+    assert not result.unexpected_keys and not result.missing_keys
+    assert set(inference_state_dict(state)) == set(plain.state_dict())
+
+
+@pytest.mark.parametrize('overrides, branches', [
+    (dict(text_feature=True, image_layers={}), 1),          # TS
+    (dict(text_feature=False, image_layers=dict(high=3)), 1),  # IS-high
+    (dict(text_feature=False, image_layers=dict(mid=2, high=3)), 2),
+    (dict(text_feature=False), 3),                           # IS-all
+    (dict(), 4),                                             # TS+IS-all
+])
+def test_table3_feature_subsets(overrides, branches):
+    model = build(**overrides)
+    sup = model.supervisors[0]
+    assert len(sup.adapters) == branches
+    recon_backward(model)
+    probs = sup.router_probabilities()
+    if branches > 1:
+        assert probs and all(p.numel() == branches for p in probs.values())
+
+
+def test_shared_cross_attention_and_qformer_adapter():
+    model = build(cross_attention='shared',
+                  adapter=dict(type='qformer', num_queries=4, depth=1,
+                               num_heads=4))
+    sup = model.supervisors[0]
+    assert len(sup.cross_attention) == 0
+    recon_backward(model)
+    assert nonzero([p.grad for p in sup.adapters.parameters()
+                    if p.requires_grad])
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (dict(image_layers=dict(top=2)), 'unknown level'),
+    (dict(image_layers=dict(high=9)), 'layers 1..3'),
+    (dict(text_feature=False, image_layers={}), 'no supervision feature'),
+    (dict(cross_attention='mixed'), "choose one of moe, shared"),
+    (dict(adapter=dict(type='conv')), 'adapter type'),
+])
+def test_bad_supervisor_config_names_the_key(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        build(**overrides)
