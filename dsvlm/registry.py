@@ -40,20 +40,33 @@ SCOPE = 'dsvlm'
 
 
 def _with_choices(build_func):
-    """Wrap ``build_func`` so that an unknown ``type`` lists the valid ones."""
+    """Wrap ``build_func`` so that an unknown ``type`` lists the valid ones.
+
+    The type is looked up where MMEngine's build functions look it up: in the
+    registry of the config's ``_scope_`` or of the default scope.  So the
+    wrapper also serves MMEngine's root registries, through which the
+    Runner builds (``dsvlm.engine.compat.patch_unknown_type_errors``).
+    """
 
     def build(cfg, registry, *args, **kwargs):
         obj_type = cfg.get('type') if hasattr(cfg, 'get') else None
-        if isinstance(obj_type, str) and registry.get(obj_type) is None:
-            names = sorted(_registered_names(registry))
-            raise KeyError(
-                f'{obj_type!r} is not in the {registry.scope}::{registry.name} '
-                f'registry. Registered names: {", ".join(names) or "(none)"}. '
-                'A component from your own module needs '
-                "`custom_imports=dict(imports=['your.module'])` in the config.")
+        if isinstance(obj_type, str):
+            with registry.switch_scope_and_registry(
+                    cfg.get('_scope_')) as target:
+                found = target.get(obj_type) is not None
+            if not found:
+                names = sorted(_registered_names(target))
+                raise KeyError(
+                    f'{obj_type!r} is not in the {target.scope}::'
+                    f'{target.name} registry. Registered names: '
+                    f'{", ".join(names) or "(none)"}. A component from your '
+                    'own module needs '
+                    "`custom_imports=dict(imports=['your.module'])` in the "
+                    'config.')
         return build_func(cfg, registry, *args, **kwargs)
 
     build.__wrapped__ = build_func
+    build.lists_registered_names = True
     return build
 
 

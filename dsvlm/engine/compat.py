@@ -1,0 +1,230 @@
+"""Every patch dsvlm applies to MMEngine, in one place.
+
+Checked against mmengine 0.11.0rc3, torch 2.13 and deepspeed 0.19.8.  Each
+patch wraps one upstream function, says what breaks without it and when it
+can go.  ``apply_mmengine_patches()`` applies them all, once; importing
+``dsvlm.engine`` calls it, and so do the tools.
+
+Not patched: resuming under torch >= 2.6 (``torch.load`` defaulting to
+``weights_only=True``) broke mmengine 0.10.7, but 0.11.0rc3 passes
+``weights_only=False`` itself; ``tests/test_train_tool.py`` checks resume.
+
+:func:`finish_distributed` is not a patch but belongs here too: tools call
+it at the end of a run.
+"""
+import contextlib
+import copy
+import functools
+import importlib.util
+
+import torch
+
+_PATCHED_FLAG = '__dsvlm_patched__'
+_applied = False
+
+
+def apply_mmengine_patches():
+    """Apply all patches below; calling it again does nothing."""
+    global _applied
+    if _applied:
+        return
+    patch_init_dist_for_cpu()
+    patch_ddp_device_ids_for_cpu()
+    patch_deepspeed_optimizer_registration()
+    patch_flexible_runner_from_cfg()
+    patch_unknown_type_errors()
+    _applied = True
+
+
+def _mark(wrapper, original):
+    functools.update_wrapper(wrapper, original)
+    setattr(wrapper, _PATCHED_FLAG, True)
+    return wrapper
+
+
+def is_patched(func):
+    return getattr(func, _PATCHED_FLAG, False)
+
+
+# --- 1. init_dist on a CPU-only machine ------------------------------------
+@contextlib.contextmanager
+def _cuda_set_device_disabled():
+    original = torch.cuda.set_device
+    torch.cuda.set_device = lambda device: None
+    try:
+        yield
+    finally:
+        torch.cuda.set_device = original
+
+
+def _cpu_safe_init(original):
+
+    def init(backend, *args, **kwargs):
+        if torch.cuda.is_available():
+            return original(backend, *args, **kwargs)
+        if backend == 'nccl':
+            backend = 'gloo'
+        with _cuda_set_device_disabled():
+            return original(backend, *args, **kwargs)
+
+    return _mark(init, original)
+
+
+def patch_init_dist_for_cpu():
+    """Let the pytorch/slurm/mpi launchers start on a machine without CUDA.
+
+    Breaks upstream: ``mmengine.dist.utils._init_dist_{pytorch,slurm,mpi}``
+    call ``torch.cuda.set_device(local_rank)`` unconditionally (a CPU build
+    of torch raises ``AttributeError: ... _cuda_setDevice``), and configs ask
+    for ``backend='nccl'``, which needs CUDA.  Patch: when CUDA is
+    unavailable, ``nccl`` becomes ``gloo`` and ``set_device`` is a no-op for
+    the duration of the call.  Remove when mmengine skips ``set_device``
+    without CUDA.
+    """
+    from mmengine.dist import utils as dist_utils
+    for name in ('_init_dist_pytorch', '_init_dist_slurm', '_init_dist_mpi'):
+        original = getattr(dist_utils, name)
+        if not is_patched(original):
+            setattr(dist_utils, name, _cpu_safe_init(original))
+
+
+# --- 2. DDP wrapping of a CPU model ----------------------------------------
+def patch_ddp_device_ids_for_cpu():
+    """Drop ``device_ids`` when DDP wraps a model that lives on the CPU.
+
+    Breaks upstream: ``Runner.wrap_model`` and ``DDPStrategy._wrap_model``
+    build ``MMDistributedDataParallel(device_ids=[LOCAL_RANK])``; torch's DDP
+    rejects ``device_ids`` for CPU modules (``ValueError:
+    DistributedDataParallel device_ids and output_device arguments only work
+    with single-device/multiple-device GPU modules or CPU modules, but got
+    device_ids [0] ...``).
+    Patch: ``MMDistributedDataParallel.__init__`` sets ``device_ids=None``
+    when no parameter is on an accelerator.  Remove when mmengine passes
+    ``device_ids`` only for accelerator devices.
+    """
+    from mmengine.model.wrappers import MMDistributedDataParallel
+    original = MMDistributedDataParallel.__init__
+    if is_patched(original):
+        return
+
+    def __init__(self, module, *args, **kwargs):
+        if kwargs.get('device_ids') is not None and all(
+                p.device.type == 'cpu' for p in module.parameters()):
+            kwargs['device_ids'] = None
+        original(self, module, *args, **kwargs)
+
+    MMDistributedDataParallel.__init__ = _mark(__init__, original)
+
+
+# --- 3. DeepSpeed's removed 1-bit optimizers -------------------------------
+def _register_deepspeed_optimizers():
+    """``register_deepspeed_optimizers`` without the removed 1-bit ones."""
+    from mmengine.registry import OPTIMIZERS
+    from deepspeed.ops.adam import DeepSpeedCPUAdam, FusedAdam
+    from deepspeed.ops.lamb import FusedLamb
+    optimizers = [DeepSpeedCPUAdam, FusedAdam, FusedLamb]
+    try:  # removed in deepspeed 0.19.7
+        from deepspeed.runtime.fp16.onebit import (OnebitAdam, OnebitLamb,
+                                                   ZeroOneAdam)
+        optimizers += [OnebitAdam, OnebitLamb, ZeroOneAdam]
+    except ImportError:
+        pass
+    names = []
+    for optimizer in optimizers:
+        if OPTIMIZERS.get(optimizer.__name__) is None:
+            OPTIMIZERS.register_module(module=optimizer)
+        names.append(optimizer.__name__)
+    return names
+
+
+def patch_deepspeed_optimizer_registration():
+    """Let ``DeepSpeedStrategy()`` be built with deepspeed >= 0.19.7.
+
+    Breaks upstream: ``DeepSpeedStrategy.__init__`` calls
+    ``register_deepspeed_optimizers()``, which imports
+    ``deepspeed.runtime.fp16.onebit`` (``ModuleNotFoundError`` since the 1-bit
+    optimizers were removed) and re-registers the optimizers on every call
+    (``KeyError: ... already registered`` for a second strategy).  Patch:
+    replace it with a version that skips missing 1-bit optimizers and
+    registers each optimizer once.  Applied only when deepspeed is
+    installed.  Remove when mmengine guards that import.
+    """
+    if importlib.util.find_spec('deepspeed') is None:
+        return
+    from mmengine._strategy import deepspeed as ds_strategy
+    original = ds_strategy.register_deepspeed_optimizers
+    if not is_patched(original):
+        ds_strategy.register_deepspeed_optimizers = _mark(
+            _register_deepspeed_optimizers, original)
+
+
+# --- 4. FlexibleRunner.from_cfg --------------------------------------------
+def patch_flexible_runner_from_cfg():
+    """Give ``FlexibleRunner.from_cfg`` the defaults ``Runner.from_cfg`` has.
+
+    Breaks upstream: (a) ``from_cfg`` passes ``env_cfg=cfg.get('env_cfg')``,
+    i.e. ``None`` for a config without ``env_cfg``, and ``build_strategy``
+    then fails on ``**None`` (``TypeError``); (b) the strategy is built in
+    ``__init__`` before the runner sets ``default_scope``, so a strategy
+    registered in dsvlm's registry is not found (``KeyError``).  Patch:
+    default ``env_cfg`` to ``dict(dist_cfg=dict(backend='nccl'))`` (the
+    ``__init__`` default) and enter the config's ``default_scope`` first.
+    Remove when mmengine fixes both.
+    """
+    from mmengine.registry import init_default_scope
+    from mmengine.runner import FlexibleRunner
+    original = FlexibleRunner.from_cfg.__func__
+    if is_patched(original):
+        return
+
+    def from_cfg(cls, cfg):
+        if cfg.get('env_cfg') is None:
+            cfg = copy.deepcopy(cfg)
+            cfg['env_cfg'] = dict(dist_cfg=dict(backend='nccl'))
+        if cfg.get('default_scope') is not None:
+            init_default_scope(cfg['default_scope'])
+        return original(cls, cfg)
+
+    FlexibleRunner.from_cfg = classmethod(_mark(from_cfg, original))
+
+
+
+# --- 5. unknown types through MMEngine's root registries -------------------
+def patch_unknown_type_errors():
+    """List the registered names when the Runner meets an unknown ``type``.
+
+    Breaks upstream (usability): the Runner builds through MMEngine's root
+    registries (``mmengine.registry.MODELS`` ...), which switch to the dsvlm
+    child by ``default_scope``; an unknown type then raises ``KeyError: X is
+    not in the dsvlm::model registry. Please check ...`` without saying what
+    is registered.  dsvlm's own registries already list the names
+    (``dsvlm.registry._with_choices``); this patch wraps the ``build_func``
+    of each MMEngine registry that has a dsvlm child the same way.  Remove if
+    MMEngine lists the registered names itself.
+    """
+    from mmengine.registry import Registry
+
+    from dsvlm import registry as dsvlm_registry
+    for child in vars(dsvlm_registry).values():
+        parent = getattr(child, 'parent', None)
+        if not isinstance(child, Registry) or parent is None:
+            continue
+        if not getattr(parent.build_func, 'lists_registered_names', False):
+            parent.build_func = dsvlm_registry._with_choices(
+                parent.build_func)
+
+
+# --- not a patch: clean shutdown of the process group ----------------------
+def finish_distributed():
+    """Destroy the default process group after a barrier, if there is one.
+
+    Breaks otherwise: with torch 2.13 and gloo, a rank that exits while the
+    process group is alive can abort (``terminate called without an active
+    exception``, SIGABRT), so torchrun reports a failed run after training
+    finished.  MMEngine's runners never destroy the group; the tools call
+    this after ``runner.train()``/``runner.test()``.
+    """
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -1,0 +1,116 @@
+"""Config completion: one place states what model and data share.
+
+A config sets ``tokenizer``, ``image_processor``, ``template`` and
+``max_length`` once at top level; :func:`complete_config` copies them into
+every dataset of the train/val/test dataloaders and into ``model`` wherever
+those leave them unset.  It also turns the top-level ``global_batch_size``
+into gradient accumulation for the current number of processes.
+"""
+import copy
+import os
+
+from mmengine.config import Config
+
+SHARED_KEYS = ('tokenizer', 'image_processor', 'template', 'max_length')
+DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+
+# Environment variables that hold the number of processes, per launcher.
+_WORLD_SIZE_ENV = dict(pytorch='WORLD_SIZE', slurm='SLURM_NTASKS',
+                       mpi='OMPI_COMM_WORLD_SIZE')
+
+
+def load_config(path, cfg_options=None, launcher=None):
+    """``Config.fromfile`` + ``--cfg-options`` + :func:`complete_config`."""
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return complete_config(cfg, world_size=world_size_from_env(launcher))
+
+
+def world_size_from_env(launcher=None):
+    """Number of processes the launcher will start (1 for ``'none'``).
+
+    Without a launcher, ``WORLD_SIZE`` decides (as set by torchrun).
+    """
+    if launcher == 'none':
+        return 1
+    name = _WORLD_SIZE_ENV.get(launcher, 'WORLD_SIZE')
+    return int(os.environ.get(name, 1))
+
+
+def complete_config(cfg, world_size=None):
+    """Fill shared keys and gradient accumulation into ``cfg`` (in place).
+
+    Args:
+        cfg (Config | dict): the whole config.
+        world_size (int, optional): number of processes; defaults to the
+            ``WORLD_SIZE`` environment variable, or 1.
+
+    Returns:
+        The same ``cfg``.
+    """
+    shared = {k: cfg[k] for k in SHARED_KEYS if cfg.get(k) is not None}
+    targets = []
+    for loader in DATALOADERS:
+        if cfg.get(loader) and cfg[loader].get('dataset') is not None:
+            targets += list(leaf_datasets(cfg[loader]['dataset']))
+    if cfg.get('model') is not None:
+        targets.append(cfg['model'])
+    for target in targets:
+        for key, value in shared.items():
+            if target.get(key) is None:
+                target[key] = copy.deepcopy(value)
+    if world_size is None:
+        world_size = world_size_from_env()
+    set_gradient_accumulation(cfg, world_size)
+    return cfg
+
+
+def leaf_datasets(dataset_cfg):
+    """Yield the real dataset configs below dataset wrappers.
+
+    ``ConcatDataset``-style wrappers hold ``datasets=[...]``, and
+    ``RepeatDataset``-style ones hold ``dataset=dict(...)``.
+    """
+    if isinstance(dataset_cfg, (list, tuple)):
+        for item in dataset_cfg:
+            yield from leaf_datasets(item)
+    elif isinstance(dataset_cfg.get('datasets'), (list, tuple)):
+        yield from leaf_datasets(dataset_cfg['datasets'])
+    elif isinstance(dataset_cfg.get('dataset'), dict):
+        yield from leaf_datasets(dataset_cfg['dataset'])
+    else:
+        yield dataset_cfg
+
+
+def set_gradient_accumulation(cfg, world_size):
+    """Keep ``global_batch_size`` whatever the number of processes.
+
+    Sets ``optim_wrapper.accumulative_counts`` (or, under
+    ``DeepSpeedStrategy``, ``strategy.gradient_accumulation_steps``) to
+    ``global_batch_size // (train_dataloader.batch_size * world_size)``.
+    Does nothing when ``global_batch_size`` is unset.
+    """
+    global_batch = cfg.get('global_batch_size')
+    if global_batch is None:
+        return None
+    loader = cfg.get('train_dataloader') or {}
+    batch = loader.get('batch_size')
+    if not isinstance(batch, int) or batch < 1:
+        raise ValueError(
+            f'global_batch_size={global_batch} needs an integer '
+            f'train_dataloader.batch_size (per process), got {batch!r}.')
+    per_step = batch * world_size
+    if global_batch % per_step:
+        raise ValueError(
+            f'global_batch_size={global_batch} is not a multiple of '
+            f'train_dataloader.batch_size={batch} x {world_size} '
+            f'process(es) = {per_step}. Change global_batch_size, '
+            'train_dataloader.batch_size or the number of processes.')
+    counts = global_batch // per_step
+    strategy = cfg.get('strategy') or {}
+    if str(strategy.get('type', '')).endswith('DeepSpeedStrategy'):
+        strategy['gradient_accumulation_steps'] = counts
+    elif cfg.get('optim_wrapper') is not None:
+        cfg['optim_wrapper']['accumulative_counts'] = counts
+    return counts

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Install dsvlm and its tested dependency set into the current Python.
+#
+#   bash tools/install.sh [--with-deepspeed]
+#
+# 1. torch==2.13.0, unless a torch is already importable (e.g. your CUDA
+#    build); either way that torch is pinned so nothing replaces it;
+# 2. dsvlm in editable mode with the test extras (and deepspeed if asked);
+# 3. lpips==0.1.4 without its dependencies (they would pull torchvision and,
+#    with it, another torch).
+# PYTHON selects the interpreter (default: python).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python}
+TORCH_VERSION=2.13.0
+EXTRAS=tests
+
+for arg in "$@"; do
+    case $arg in
+        --with-deepspeed) EXTRAS=tests,deepspeed ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $arg (valid: --with-deepspeed)" >&2; exit 2 ;;
+    esac
+done
+
+if installed=$("$PYTHON" -c 'import torch; print(torch.__version__)' 2>/dev/null); then
+    echo "Using the installed torch $installed"
+    if [ "${installed%%+*}" != "$TORCH_VERSION" ]; then
+        echo "warning: dsvlm is tested with torch $TORCH_VERSION" >&2
+    fi
+else
+    "$PYTHON" -m pip install "torch==$TORCH_VERSION"
+    installed=$("$PYTHON" -c 'import torch; print(torch.__version__)')
+fi
+
+constraints=$(mktemp)
+trap 'rm -f "$constraints"' EXIT
+grep -v '^torch==' requirements/constraints.txt > "$constraints"
+echo "torch==${installed%%+*}" >> "$constraints"
+
+"$PYTHON" -m pip install -c "$constraints" -e ".[$EXTRAS]"
+"$PYTHON" -m pip install --no-deps lpips==0.1.4
+"$PYTHON" - <<'PY'
+import torch, mmengine, transformers
+print(f'dsvlm installed: torch {torch.__version__}, mmengine '
+      f'{mmengine.__version__}, transformers {transformers.__version__}')
+PY

@@ -1,0 +1,110 @@
+"""Train a model from a config (MMPretrain's ``tools/train.py`` conventions).
+
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
+        [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
+
+``runner_type`` in the config picks ``Runner`` (default) or
+``FlexibleRunner``.  For several processes use ``tools/dist_train.sh``.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from mmengine.config import DictAction  # noqa: E402
+
+from dsvlm.engine import load_config  # noqa: E402
+from dsvlm.engine.compat import (apply_mmengine_patches,  # noqa: E402
+                                 finish_distributed)
+from dsvlm.registry import RUNNERS  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Train a model')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument(
+        '--resume', nargs='?', type=str, const='auto',
+        help='resume from the given checkpoint, or, without a value, from '
+        'the latest checkpoint in the work dir')
+    parser.add_argument('--amp', action='store_true',
+                        help='enable automatic-mixed-precision training')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override config settings, e.g. model.llm.pretrained=/x '
+        'train_dataloader.batch_size=4')
+    parser.add_argument('--launcher', default='none',
+                        choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        help='job launcher')
+    # torch.distributed.launch passes --local-rank (older: --local_rank)
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def merge_args(cfg, args):
+    """Apply the command line to the config."""
+    cfg.launcher = args.launcher
+    cfg.setdefault('default_scope', 'dsvlm')
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        name = osp.splitext(osp.basename(args.config))[0]
+        cfg.work_dir = osp.join('./work_dirs', name)
+
+    if args.amp:
+        wrapper_type = cfg.optim_wrapper.get('type', 'OptimWrapper')
+        if wrapper_type not in ('OptimWrapper', 'AmpOptimWrapper'):
+            raise ValueError(
+                f'--amp needs optim_wrapper.type OptimWrapper or '
+                f'AmpOptimWrapper, but the config has {wrapper_type!r}.')
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        cfg.resume = True
+        cfg.load_from = args.resume
+    return cfg
+
+
+def single_process_deepspeed_env(cfg):
+    """Let DeepSpeed run in one process without a launcher.
+
+    With ``--launcher none`` MMEngine leaves distributed set-up to
+    ``deepspeed.initialize``, which then looks for MPI (``mpi4py``).  A
+    one-process ``env://`` group avoids that.
+    """
+    strategy = cfg.get('strategy') or {}
+    if cfg.launcher != 'none' or not str(strategy.get('type', '')).endswith(
+            'DeepSpeedStrategy'):
+        return
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    for key, value in dict(RANK='0', LOCAL_RANK='0', WORLD_SIZE='1',
+                           MASTER_ADDR='127.0.0.1',
+                           MASTER_PORT=str(port)).items():
+        os.environ.setdefault(key, value)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    apply_mmengine_patches()
+    cfg = load_config(args.config, args.cfg_options, launcher=args.launcher)
+    cfg = merge_args(cfg, args)
+    single_process_deepspeed_env(cfg)
+    runner = RUNNERS.build(cfg)  # `runner_type` picks the class
+    runner.train()
+    finish_distributed()
+
+
+if __name__ == '__main__':
+    main()
