@@ -6,7 +6,8 @@ The model is built from the architecture configs in the config file
 (``architecture_only``): no weights are read, nothing is allocated, so a 13B
 model takes seconds.  ``pretrained_pth`` is ignored for the same reason.
 Prints total and trainable parameters of the vision encoder, the connector,
-the LLM, each supervisor, and the whole model.
+the LLM, each supervisor (and its parts: UNet, VAE, adapters, ...), and the
+whole model.
 """
 import argparse
 import contextlib
@@ -50,6 +51,8 @@ def _component_of(name: str, supervisor_names: dict) -> str:
 def count_parameters(model) -> 'OrderedDict[str, dict]':
     """``{component: {'total': n, 'trainable': n}}`` plus a ``'total'`` row.
 
+    A supervisor's row also holds ``'parts'``: the same counts per child
+    module (e.g. the frozen ``unet`` and the trainable ``adapters``).
     Shared (tied) parameters are counted once, as ``named_parameters`` does.
     """
     supervisors = getattr(model, 'supervisors', [])
@@ -61,11 +64,16 @@ def count_parameters(model) -> 'OrderedDict[str, dict]':
         (name, dict(total=0, trainable=0))
         for name in (*COMPONENTS, *supervisor_names.values()))
     for name, param in model.named_parameters():
-        row = rows.setdefault(_component_of(name, supervisor_names),
-                              dict(total=0, trainable=0))
-        row['total'] += param.numel()
-        if param.requires_grad:
-            row['trainable'] += param.numel()
+        counted = [rows.setdefault(_component_of(name, supervisor_names),
+                                   dict(total=0, trainable=0))]
+        parts = name.split('.')
+        if parts[0] == 'supervisors' and len(parts) > 3:
+            counted.append(counted[0].setdefault('parts', OrderedDict())
+                           .setdefault(parts[2], dict(total=0, trainable=0)))
+        for row in counted:
+            row['total'] += param.numel()
+            if param.requires_grad:
+                row['trainable'] += param.numel()
     rows['total'] = dict(
         total=sum(r['total'] for r in rows.values()),
         trainable=sum(r['trainable'] for r in rows.values()))
@@ -85,20 +93,23 @@ def human(n: int) -> str:
 
 
 def format_table(rows) -> str:
-    cells = {name: [f'{row[k]:,} ({human(row[k])})'
-                    for k in ('total', 'trainable')]
-             for name, row in rows.items()}
-    widths = [max(len(name) for name in rows)] + [
-        max(len(c[i]) for c in cells.values()) for i in (0, 1)]
+    lines = []  # (name, total, trainable); supervisor parts indented
+    for name, row in rows.items():
+        lines.append((name, row['total'], row['trainable']))
+        for part, counts in row.get('parts', {}).items():
+            lines.append((f'  .{part}', counts['total'], counts['trainable']))
+    cells = [(name, *(f'{n:,} ({human(n)})' for n in counts))
+             for name, *counts in lines]
+    widths = [max(len(c[i]) for c in cells) for i in range(3)]
     header = (f'{"component":<{widths[0]}}  {"total":>{widths[1]}}  '
               f'{"trainable":>{widths[2]}}')
-    lines = [header]
-    for name, (total, trainable) in cells.items():
+    out = [header]
+    for name, total, trainable in cells:
         if name == 'total':
-            lines.append('-' * len(header))
-        lines.append(f'{name:<{widths[0]}}  {total:>{widths[1]}}  '
-                     f'{trainable:>{widths[2]}}')
-    return '\n'.join(lines)
+            out.append('-' * len(header))
+        out.append(f'{name:<{widths[0]}}  {total:>{widths[1]}}  '
+                   f'{trainable:>{widths[2]}}')
+    return '\n'.join(out)
 
 
 def parse_args(argv=None):

@@ -22,6 +22,7 @@ from torch import nn
 
 from dsvlm.registry import RECON_LOSSES
 
+from ..hf_build import is_architecture_only
 from .base import ReconLoss, check_value_range
 from .vgg import VGG16Trunk
 
@@ -89,7 +90,7 @@ class PerceptualReconLoss(ReconLoss):
                 'vgg_checkpoint to a torchvision vgg16-397923af.pth file.')
             warnings.warn(message, RandomTrunkWarning, stacklevel=2)
             print_log(message, logger='current', level=30)
-        else:
+        elif not is_architecture_only():  # inspect_model: shapes only
             self.trunk.load_torchvision_checkpoint(vgg_checkpoint)
         self.heads_checkpoint = heads_checkpoint or shipped_lpips_heads_path()
         self._load_heads(self.heads_checkpoint)

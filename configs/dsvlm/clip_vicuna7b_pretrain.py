@@ -1,0 +1,14 @@
+# DS-VLM, CLIP-L/336 + Vicuna-7B v1.5, stage 1: LLaVA-1.5 stage 1 plus
+# diffusion supervision; the encoder trains too, at lr 2e-5.
+_base_ = [
+    '../llava/clip_vicuna7b_pretrain.py',
+    '../_base_/supervisors/diffusion_sd15.py',
+]
+
+model = dict(
+    vision_encoder=dict(train_mode='full'),
+    supervisors=[_base_.diffusion_supervisor],
+)
+optim_wrapper = dict(
+    paramwise_cfg=dict(custom_keys={'vision_encoder': dict(lr_mult=0.02)}))
+work_dir = 'work_dirs/dsvlm/clip_vicuna7b_pretrain'
