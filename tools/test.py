@@ -13,6 +13,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mmengine.config import DictAction  # noqa: E402
 
 from dsvlm.engine import load_config  # noqa: E402
+from dsvlm.engine.config import for_inference  # noqa: E402
 from dsvlm.engine.compat import (apply_mmengine_patches,  # noqa: E402
                                  finish_distributed)
 from dsvlm.registry import RUNNERS  # noqa: E402
@@ -47,6 +48,7 @@ def merge_args(cfg, args):
         cfg.work_dir = osp.join('./work_dirs', name)
     cfg.load_from = args.checkpoint
     cfg.resume = False
+    for_inference(cfg)
     return cfg
 
 

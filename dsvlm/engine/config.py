@@ -114,3 +114,15 @@ def set_gradient_accumulation(cfg, world_size):
     elif cfg.get('optim_wrapper') is not None:
         cfg['optim_wrapper']['accumulative_counts'] = counts
     return counts
+
+
+def for_inference(cfg):
+    """Drop the training-only parts of the model config (in place): the
+    supervisors (DS-VLM's diffusion branch) and the stage-1 checkpoint that
+    a trained checkpoint already contains.  Testing and export build the
+    model this way, so they never build or load the diffusion branch."""
+    model = cfg.get('model')
+    for key, value in (('supervisors', []), ('pretrained_pth', None)):
+        if model is not None and key in model:
+            model[key] = value
+    return cfg
