@@ -98,6 +98,15 @@ class LlavaDataset(Dataset):
                     'human/gpt round')
         return None
 
+    @property
+    def metainfo(self) -> dict:
+        """MMEngine's dataset wrappers (``ConcatDataset``...) compare it."""
+        return dict(template=self.template.name)
+
+    def full_init(self) -> None:
+        """MMEngine's wrappers call it; everything is loaded in
+        ``__init__`` already."""
+
     def __len__(self) -> int:
         return len(self._samples)
 

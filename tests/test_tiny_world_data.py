@@ -1,0 +1,159 @@
+"""The tiny shapes world: deterministic, correct answers, safe generation."""
+import filecmp
+import json
+import multiprocessing as mp
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dsvlm.datasets.tiny import (build_tiny_tokenizer, ensure_shapes_world,
+                                 load_world_meta)
+
+SMALL = dict(num_images_train=40, num_images_test=24, image_size=32,
+             num_text_only=3)
+PALETTE = {'red': (220, 40, 40), 'green': (40, 170, 60), 'blue': (40, 80, 230),
+           'yellow': (235, 210, 30), 'purple': (150, 60, 200),
+           'orange': (245, 140, 30)}
+CELLS = {'top left': (0, 0), 'top right': (0, 1), 'bottom left': (1, 0),
+         'bottom right': (1, 1)}
+
+
+@pytest.fixture(scope='module')
+def world(tmp_path_factory):
+    return ensure_shapes_world(tmp_path_factory.mktemp('w') / 'shapes',
+                               **SMALL)
+
+
+def load(root, name):
+    return json.loads((Path(root) / name).read_text())
+
+
+def objects_in_pixels(path):
+    """Read the objects off the image itself: the colour found in each
+    cell of the 2x2 grid (independent of the generator's bookkeeping)."""
+    pixels = np.asarray(Image.open(path).convert('RGB'))
+    half = pixels.shape[0] // 2
+    found = {}
+    for position, (r, c) in CELLS.items():
+        cell = pixels[r * half:(r + 1) * half, c * half:(c + 1) * half]
+        colours = {name for name, rgb in PALETTE.items()
+                   if (cell == rgb).all(-1).sum() > 10}
+        assert len(colours) <= 1, (path, position, colours)
+        if colours:
+            found[position] = colours.pop()
+    return found
+
+
+def test_same_parameters_give_identical_files(tmp_path, world):
+    again = ensure_shapes_world(tmp_path / 'again', **SMALL)
+    names = [p.relative_to(world).as_posix() for p in Path(world).rglob('*')
+             if p.is_file() and 'tokenizer' not in p.parts]
+    match, mismatch, errors = filecmp.cmpfiles(world, again, names,
+                                               shallow=False)
+    assert not mismatch and not errors and len(match) == len(names) > 60
+
+
+def test_answers_agree_with_the_pixels(world):
+    for name in ('instruct.json', 'test.json'):
+        for record in load(world, name):
+            if 'image' not in record:
+                continue
+            found = objects_in_pixels(Path(world) / 'images' / record['image'])
+            turns = record['conversations']
+            for q, a in zip(turns[::2], turns[1::2]):
+                question, answer = q['value'].replace('<image>', '').strip(), \
+                    a['value']
+                if question.startswith('How many'):
+                    assert int(answer) == len(found)
+                elif question.startswith('What color is the'):
+                    assert answer in found.values()
+                elif question.startswith('What shape is the'):
+                    colour = question.split()[4]
+                    assert colour in found.values()
+                elif question.startswith('Where is the'):
+                    colour = question.split()[3]
+                    assert found.get(answer) == colour, (record['id'], question)
+                else:
+                    raise AssertionError(f'unexpected question {question!r}')
+
+
+def test_splits_are_disjoint_and_in_llava_format(world):
+    train = load(world, 'instruct.json')
+    test = load(world, 'test.json')
+    train_images = {r['image'] for r in train if 'image' in r}
+    assert train_images.isdisjoint({r['image'] for r in test})
+    scenes = load(world, 'scenes.json')
+    key = lambda img: json.dumps(scenes[img]['objects'], sort_keys=True)
+    assert {key(i) for i in train_images}.isdisjoint(
+        {key(r['image']) for r in test})
+    for record in train + test + load(world, 'pretrain.json'):
+        roles = [t['from'] for t in record['conversations']]
+        assert roles == ['human', 'gpt'] * (len(roles) // 2)
+    assert sum('image' not in r for r in train) == SMALL['num_text_only']
+    assert Counter(r['question_type'] for r in test) == {
+        'color': 6, 'shape': 6, 'position': 6, 'count': 6}
+
+
+def test_chance_levels_recomputed(world):
+    meta = load_world_meta(world)
+    train = load(world, 'instruct.json')
+    test = load(world, 'test.json')
+    kinds = {'What color': 'color', 'What shape': 'shape',
+             'Where is': 'position', 'How many': 'count'}
+    answers = {k: Counter() for k in kinds.values()}
+    for record in train:
+        if 'image' not in record:
+            continue
+        turns = record['conversations']
+        for q, a in zip(turns[::2], turns[1::2]):
+            text = q['value'].replace('<image>', '').strip()
+            kind = next(v for k, v in kinds.items() if text.startswith(k))
+            answers[kind][a['value']] += 1
+    majority = {k: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+                for k, c in answers.items()}
+    hits = [r['conversations'][1]['value'] == majority[r['question_type']]
+            for r in test]
+    assert meta['chance']['majority']['overall'] == pytest.approx(
+        np.mean(hits))
+    uniform = {'color': 1 / 6, 'shape': 1 / 3, 'position': 1 / 4,
+               'count': 1 / 3}
+    assert meta['chance']['uniform']['overall'] == pytest.approx(
+        np.mean([uniform[r['question_type']] for r in test]))
+
+
+def test_other_parameters_on_the_same_root_fail(world):
+    with pytest.raises(ValueError, match='other parameters'):
+        ensure_shapes_world(world, **dict(SMALL, seed=1))
+
+
+def test_tokenizer_round_trips_and_keeps_answers_short(world):
+    tok = build_tiny_tokenizer(world)
+    text = ("A chat between a curious user and an artificial intelligence "
+            "assistant. USER: What color is the circle? ASSISTANT: purple"
+            "</s><|im_start|>user\nWhere?<|im_end|>")
+    assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+    for word in ('red', 'green', 'blue', 'yellow', 'purple', 'orange',
+                 'circle', 'square', 'triangle', 'top', 'left', 'bottom'):
+        assert len(tok.tokenize(' ' + word)) == 1, word
+    for special in ('</s>', '<|eot_id|>', '<|im_end|>'):
+        assert len(tok.encode(special, add_special_tokens=False)) == 1
+    assert tok.pad_token == '<pad>' and tok.bos_token == '<s>'
+    assert build_tiny_tokenizer(world).get_vocab() == tok.get_vocab()
+
+
+def _ensure(root):
+    ensure_shapes_world(root, **SMALL)
+    return sorted(p.name for p in (Path(root) / 'images').iterdir())
+
+
+def test_two_processes_generating_at_once_leave_one_complete_world(tmp_path):
+    root = tmp_path / 'shared'
+    with mp.get_context('fork').Pool(2) as pool:
+        listings = pool.map(_ensure, [root, root])
+    assert listings[0] == listings[1]
+    assert len(listings[0]) == SMALL['num_images_train'] + \
+        SMALL['num_images_test']
+    assert not [p for p in tmp_path.iterdir() if p.name != 'shared']
