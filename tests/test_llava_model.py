@@ -143,3 +143,15 @@ def test_tensor_mode_returns_logits_over_spliced_sequence():
 def test_unknown_train_mode_names_the_key():
     with pytest.raises(ValueError, match='llm.train_mode'):
         build(llm_mode='half')
+
+
+def test_tied_embeddings_are_saved_under_both_names():
+    cfg = tiny_vlm_cfg(encoder_mode='frozen', llm_mode='full')
+    cfg['llm']['config']['tie_word_embeddings'] = True
+    torch.manual_seed(0)
+    model = MODELS.build(cfg)
+    state = model.state_dict()
+    assert 'llm.model.lm_head.weight' in state
+    assert 'llm.model.model.embed_tokens.weight' in state
+    result = MODELS.build(cfg).load_state_dict(state, strict=True)
+    assert not result.missing_keys

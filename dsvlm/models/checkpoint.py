@@ -14,7 +14,8 @@ from torch import nn
 
 
 def trainable_names(model: nn.Module) -> set:
-    return {n for n, p in model.named_parameters() if p.requires_grad}
+    return {n for n, p in model.named_parameters(remove_duplicate=False)
+            if p.requires_grad}
 
 
 def keep_trainable(state_dict: Dict[str, torch.Tensor],
@@ -37,7 +38,8 @@ def ignore_expected_mismatches(module: nn.Module, incompatible_keys) -> None:
     supervisors, expects the training-only ``supervisors.*`` weights of a
     training checkpoint and ignores them.
     """
-    frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
+    frozen = {n for n, p in module.named_parameters(remove_duplicate=False)
+              if not p.requires_grad}
     missing = incompatible_keys.missing_keys
     missing[:] = [k for k in missing if k not in frozen]
     if not len(getattr(module, 'supervisors', ())):
