@@ -31,53 +31,73 @@ def load(root, name):
     return json.loads((Path(root) / name).read_text())
 
 
+def shape_of(mask):
+    """Circle, square or triangle from how much of its bounding box a
+    shape fills (square 1, circle ~pi/4, triangle ~1/2)."""
+    ys, xs = np.nonzero(mask)
+    fill = mask.sum() / ((np.ptp(ys) + 1) * (np.ptp(xs) + 1))
+    return 'square' if fill > 0.95 else 'circle' if fill > 0.68 else 'triangle'
+
+
 def objects_in_pixels(path):
-    """Read the objects off the image itself: the colour found in each
-    cell of the 2x2 grid (independent of the generator's bookkeeping)."""
+    """Read the objects off the image itself: the colour and shape found in
+    each cell of the 2x2 grid (independent of the generator's bookkeeping).
+    """
     pixels = np.asarray(Image.open(path).convert('RGB'))
     half = pixels.shape[0] // 2
     found = {}
     for position, (r, c) in CELLS.items():
         cell = pixels[r * half:(r + 1) * half, c * half:(c + 1) * half]
+        allowed = {tuple(v) for v in PALETTE.values()} | {(0, 0, 0)}
+        assert {tuple(v) for v in cell.reshape(-1, 3).tolist()} <= allowed, (
+            path, 'colours outside the palette and background')
         colours = {name for name, rgb in PALETTE.items()
                    if (cell == rgb).all(-1).sum() > 10}
         assert len(colours) <= 1, (path, position, colours)
         if colours:
-            found[position] = colours.pop()
+            colour = colours.pop()
+            found[position] = (colour, shape_of((cell == PALETTE[colour])
+                                                .all(-1)))
     return found
 
 
 def test_same_parameters_give_identical_files(tmp_path, world):
     again = ensure_shapes_world(tmp_path / 'again', **SMALL)
+    build_tiny_tokenizer(world), build_tiny_tokenizer(again)
     names = [p.relative_to(world).as_posix() for p in Path(world).rglob('*')
-             if p.is_file() and 'tokenizer' not in p.parts]
+             if p.is_file()]
+    assert 'tokenizer/tokenizer.json' in names
     match, mismatch, errors = filecmp.cmpfiles(world, again, names,
                                                shallow=False)
     assert not mismatch and not errors and len(match) == len(names) > 60
 
 
 def test_answers_agree_with_the_pixels(world):
+    checked = 0
     for name in ('instruct.json', 'test.json'):
         for record in load(world, name):
             if 'image' not in record:
                 continue
             found = objects_in_pixels(Path(world) / 'images' / record['image'])
+            colour_of = {shape: colour for colour, shape in found.values()}
+            shape_of_colour = dict(found.values())
             turns = record['conversations']
             for q, a in zip(turns[::2], turns[1::2]):
                 question, answer = q['value'].replace('<image>', '').strip(), \
                     a['value']
+                words = question.rstrip('?').split()
                 if question.startswith('How many'):
                     assert int(answer) == len(found)
                 elif question.startswith('What color is the'):
-                    assert answer in found.values()
+                    assert colour_of[words[-1]] == answer, record['id']
                 elif question.startswith('What shape is the'):
-                    colour = question.split()[4]
-                    assert colour in found.values()
+                    assert shape_of_colour[words[4]] == answer, record['id']
                 elif question.startswith('Where is the'):
-                    colour = question.split()[3]
-                    assert found.get(answer) == colour, (record['id'], question)
+                    assert found[answer] == (words[3], words[4]), record['id']
                 else:
                     raise AssertionError(f'unexpected question {question!r}')
+            checked += 1
+    assert checked > 60
 
 
 def test_splits_are_disjoint_and_in_llava_format(world):
@@ -135,9 +155,17 @@ def test_tokenizer_round_trips_and_keeps_answers_short(world):
             "assistant. USER: What color is the circle? ASSISTANT: purple"
             "</s><|im_start|>user\nWhere?<|im_end|>")
     assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
-    for word in ('red', 'green', 'blue', 'yellow', 'purple', 'orange',
-                 'circle', 'square', 'triangle', 'top', 'left', 'bottom'):
-        assert len(tok.tokenize(' ' + word)) == 1, word
+    # every answer of the data, alone (llama3, qwen2 write it so) and after
+    # a space (vicuna_v1): one token per word
+    answers = {t['value'] for name in ('instruct.json', 'test.json')
+               for r in load(world, name) for t in r['conversations'][1::2]}
+    assert {'red', 'circle', 'top left', 'bottom right', '1', '3'} <= answers
+    for answer in answers:
+        for form in (answer, ' ' + answer):
+            assert len(tok.tokenize(form)) == len(answer.split()), (
+                form, tok.tokenize(form))
+            assert tok.decode(tok.encode(form, add_special_tokens=False)) \
+                == form
     for special in ('</s>', '<|eot_id|>', '<|im_end|>'):
         assert len(tok.encode(special, add_special_tokens=False)) == 1
     assert tok.pad_token == '<pad>' and tok.bos_token == '<s>'

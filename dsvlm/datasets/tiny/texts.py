@@ -65,9 +65,8 @@ def conversation(pairs):
     return turns
 
 
-def all_answer_words(max_shapes=3):
-    """Every word an image question can be answered with."""
-    words = list(COLORS) + list(SHAPES)
-    words += sorted({w for p in POSITIONS for w in p.split()})
-    words += [str(k) for k in range(1, max_shapes + 1)]
-    return words
+def all_answers(max_shapes=3):
+    """Every answer of the world: image questions and text-only facts."""
+    answers = list(COLORS) + list(SHAPES) + list(POSITIONS)
+    answers += [str(k) for k in range(1, max_shapes + 1)]
+    return answers + sorted({a for _, a in TEXT_FACTS} - set(answers))

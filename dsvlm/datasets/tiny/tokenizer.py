@@ -12,6 +12,7 @@ from pathlib import Path
 from dsvlm.registry import FUNCTIONS
 from .atomic import build_once
 from .shapes import ensure_shapes_world
+from .texts import all_answers
 
 SPECIAL_TOKENS = ('<unk>', '<s>', '</s>', '<pad>', '<|begin_of_text|>',
                   '<|start_header_id|>', '<|end_header_id|>', '<|eot_id|>',
@@ -19,6 +20,9 @@ SPECIAL_TOKENS = ('<unk>', '<s>', '</s>', '<pad>', '<|begin_of_text|>',
 VOCAB_SIZE = 1000
 TEMPLATE_REPEATS = 1000
 PARAMS_FILE = 'dsvlm_tokenizer.json'
+# bump when the training corpus changes, so a stale tokenizer is refused
+TOKENIZER_VERSION = 2
+PARAMS = dict(vocab_size=VOCAB_SIZE, version=TOKENIZER_VERSION)
 
 
 def _corpus(world: Path):
@@ -34,6 +38,11 @@ def _corpus(world: Path):
             for value in vars(template).values():
                 if isinstance(value, str):
                     yield value
+        # answers as templates write them: alone (llama3, qwen2) and after a
+        # space (vicuna_v1), so that every answer word is one token
+        for answer in all_answers():
+            yield answer
+            yield ' ' + answer
 
 
 def _train(world: Path, out: Path) -> None:
@@ -52,14 +61,14 @@ def _train(world: Path, out: Path) -> None:
                                    unk_token='<unk>', pad_token='<pad>')
     fast.save_pretrained(str(out))
     with open(out / PARAMS_FILE, 'w') as f:
-        json.dump(dict(params=dict(vocab_size=VOCAB_SIZE)), f)
+        json.dump(dict(params=PARAMS), f)
 
 
 def build_tiny_tokenizer(world_root):
     """The tokenizer of the world at ``world_root`` (trained on first use)."""
     from transformers import PreTrainedTokenizerFast
     world = Path(world_root)
-    path = build_once(world / 'tokenizer', dict(vocab_size=VOCAB_SIZE),
+    path = build_once(world / 'tokenizer', PARAMS,
                       lambda tmp: _train(world, Path(tmp)), PARAMS_FILE,
                       'tiny-world tokenizer')
     return PreTrainedTokenizerFast.from_pretrained(str(path))
