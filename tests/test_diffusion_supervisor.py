@@ -186,3 +186,14 @@ def test_shared_cross_attention_and_qformer_adapter():
 def test_bad_supervisor_config_names_the_key(overrides, message):
     with pytest.raises(ValueError, match=message):
         build(**overrides)
+
+
+def test_max_images_reconstructs_only_the_first_image_rows():
+    model = build(max_images=1)
+    sup = model.supervisors[0]
+    sup.keep_last = True
+    inputs = batch()
+    model(inputs, None, mode='loss')
+    assert sup.last_images['target'].shape[0] == 1
+    expected = sup.target_images(inputs['pixel_values'][:1])
+    torch.testing.assert_close(sup.last_images['target'], expected)

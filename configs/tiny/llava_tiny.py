@@ -28,7 +28,10 @@ model = dict(
                     intermediate_size=384, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=4,
                     vocab_size=1024, max_position_embeddings=512,
-                    tie_word_embeddings=True)),
+                    tie_word_embeddings=True,
+                    # embeddings of the scale of the image features: with
+                    # the default 0.02 the tiny LLM learns to ignore images
+                    initializer_range=0.1)),
     generation_cfg=dict(max_new_tokens=6),
     data_preprocessor=dict(type='VLMDataPreprocessor'),
 )
@@ -51,7 +54,7 @@ test_dataloader = val_dataloader
 val_evaluator = dict(type='VQAExactMatch', group_key='question_type')
 test_evaluator = val_evaluator
 
-max_iters = 600
+max_iters = 1200
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters,
                  val_interval=max_iters)
 val_cfg = dict(type='ValLoop')
@@ -59,7 +62,7 @@ test_cfg = dict(type='TestLoop')
 
 optim_wrapper = dict(
     type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=2e-3, weight_decay=0.0,
+    optimizer=dict(type='AdamW', lr=5e-4, weight_decay=0.0,
                    betas=(0.9, 0.98)),
     clip_grad=dict(max_norm=1.0))
 param_scheduler = [

@@ -58,6 +58,9 @@ class DiffusionSupervisor(nn.Module):
         timestep_range: training timesteps are drawn from ``[low, high)``.
         sampling_steps: 1 = one-step clean-latent estimate; N > 1 = N DDIM
             steps from the sampled timestep, with gradient through all.
+        max_images: reconstruct at most this many images of each batch
+            (the first ones with an image); None = all.  Cuts the cost of
+            the supervision roughly in proportion.
         unet_train_mode, vae_train_mode: ``'frozen'`` (the paper) or
             ``'full'`` (only where no pretrained SD exists, e.g. the tiny
             world).
@@ -82,6 +85,7 @@ class DiffusionSupervisor(nn.Module):
                  image_std: Sequence[float] = OPENAI_CLIP_STD,
                  timestep_range: Tuple[int, int] = (0, 1000),
                  sampling_steps: int = 1,
+                 max_images: Optional[int] = None,
                  unet_train_mode: str = 'frozen',
                  vae_train_mode: str = 'frozen',
                  gradient_checkpointing: bool = False,
@@ -130,6 +134,10 @@ class DiffusionSupervisor(nn.Module):
                              f'{self.scheduler.config.num_train_timesteps}')
         self.timestep_range = (low, high)
         self.sampling_steps = sampling_steps
+        if max_images is not None and max_images < 1:
+            raise ValueError(f'supervisor.max_images={max_images} must be '
+                             '>= 1 or None')
+        self.max_images = max_images
         self.keep_last = False  # set by ReconVisualizationHook
         self.last_images: Optional[Dict[str, Tensor]] = None
 
@@ -202,6 +210,8 @@ class DiffusionSupervisor(nn.Module):
                               device=features.pixel_values.device)
         if not bool(rows.any()):
             return self._zero_losses()
+        if self.max_images is not None:
+            rows = rows & (rows.cumsum(0) <= self.max_images)
         target = self.target_images(features.pixel_values[rows])
         latents = self.encode_latents(target)
         noise = torch.randn_like(latents)
