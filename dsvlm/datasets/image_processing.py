@@ -10,13 +10,14 @@ import os.path as osp
 
 import torch
 from PIL import Image
+from transformers.image_utils import OPENAI_CLIP_MEAN as _OPENAI_CLIP_MEAN
+from transformers.image_utils import OPENAI_CLIP_STD as _OPENAI_CLIP_STD
 
 from dsvlm.registry import FUNCTIONS
-
 from ._cache import build_cached
 
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+OPENAI_CLIP_MEAN = tuple(_OPENAI_CLIP_MEAN)
+OPENAI_CLIP_STD = tuple(_OPENAI_CLIP_STD)
 ASPECT_RATIOS = ('pad', 'original')
 
 _PROCESSORS: dict = {}

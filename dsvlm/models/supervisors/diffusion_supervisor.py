@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dsvlm.datasets.image_processing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from dsvlm.registry import SUPERVISORS
 from ..features import VisualFeatures
 from ..recon_losses import build_recon_loss
@@ -28,8 +29,6 @@ from .moe_cross_attention import (install_moe_cross_attention,
 from .shared_cross_attention import (install_shared_cross_attention,
                                      pack_branch_features)
 
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CROSS_ATTENTION_MODES = ('moe', 'shared')
 IMAGE_LEVELS = ('low', 'mid', 'high')
 
