@@ -222,6 +222,8 @@ def test_leaf_is_llava_plus_the_supervisor(name, monkeypatch):
         'optim_wrapper.paramwise_cfg.custom_keys.vision_encoder.lr_mult':
         lr_mult,
         'find_unused_parameters': True,
+        'custom_hooks.0.type': 'ReconVisualizationHook',
+        'custom_hooks.0.interval': 500,
         'work_dir': f'work_dirs/dsvlm/{name}',
         **stage2_changes}
     encoder_lr = cfg.optim_wrapper.optimizer.lr * lr_mult

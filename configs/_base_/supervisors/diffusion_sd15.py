@@ -63,3 +63,7 @@ diffusion_supervisor = dict(
 # A trainable encoder has parameters that never get a gradient (CLIP's
 # post-LayerNorm, SigLIP's pooling head and 27th layer): DDP must skip them.
 find_unused_parameters = True
+
+# TensorBoard: original | one-step reconstruction, and the mean MoE router
+# weights P0..P3 of every cross-attention layer, every 500 iterations.
+custom_hooks = [dict(type='ReconVisualizationHook', interval=500)]
