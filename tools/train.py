@@ -13,9 +13,9 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmengine.config import DictAction  # noqa: E402
-
 from dsvlm.engine import load_config  # noqa: E402
+from dsvlm.engine.cli import (add_runner_args, apply_runner_args,  # noqa
+                              parse_runner_args)
 from dsvlm.engine.compat import (apply_mmengine_patches,  # noqa: E402
                                  finish_distributed)
 from dsvlm.registry import RUNNERS  # noqa: E402
@@ -24,37 +24,20 @@ from dsvlm.registry import RUNNERS  # noqa: E402
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train a model')
     parser.add_argument('config', help='train config file path')
-    parser.add_argument('--work-dir', help='the dir to save logs and models')
     parser.add_argument(
         '--resume', nargs='?', type=str, const='auto',
         help='resume from the given checkpoint, or, without a value, from '
         'the latest checkpoint in the work dir')
     parser.add_argument('--amp', action='store_true',
                         help='enable automatic-mixed-precision training')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override config settings, e.g. model.llm.pretrained=/x '
-        'train_dataloader.batch_size=4')
-    parser.add_argument('--launcher', default='none',
-                        choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        help='job launcher')
-    # torch.distributed.launch passes --local-rank (older: --local_rank)
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    add_runner_args(parser, 'model.llm.pretrained=/x '
+                    'train_dataloader.batch_size=4')
+    return parse_runner_args(parser, argv)
 
 
 def merge_args(cfg, args):
     """Apply the command line to the config."""
-    cfg.launcher = args.launcher
-    cfg.setdefault('default_scope', 'dsvlm')
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        name = osp.splitext(osp.basename(args.config))[0]
-        cfg.work_dir = osp.join('./work_dirs', name)
+    apply_runner_args(cfg, args)
 
     if args.amp:
         wrapper_type = cfg.optim_wrapper.get('type', 'OptimWrapper')
