@@ -4,14 +4,14 @@ from typing import List, Optional
 import torch
 
 
-def _stop_str(template: Optional[str]) -> Optional[str]:
+def _stop_str(template) -> Optional[str]:
     if template is None:
         return None
     from dsvlm.datasets.templates import get_template
     return get_template(template).stop_str
 
 
-def generation_kwargs(tokenizer, template: Optional[str],
+def generation_kwargs(tokenizer, template,
                       generation_cfg: dict) -> dict:
     """Greedy decoding that stops at the template's end-of-turn string."""
     kwargs = dict(do_sample=False, pad_token_id=tokenizer.pad_token_id)
@@ -30,7 +30,7 @@ def generation_kwargs(tokenizer, template: Optional[str],
 
 
 def decode_answers(tokenizer, token_ids: torch.Tensor,
-                   template: Optional[str]) -> List[str]:
+                   template) -> List[str]:
     """Decode generated ids and cut each at the end-of-turn string."""
     stop = _stop_str(template)
     answers = []

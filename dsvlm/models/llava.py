@@ -27,8 +27,9 @@ class LlavaModel(BaseModel):
         tokenizer: tokenizer config or instance; needed by ``predict``.
         image_processor: the image processor config of the data pipeline;
             kept (not built) so that exports can ship it with the weights.
-        template: conversation template name; its end-of-turn string stops
-            generation.
+        template: conversation template (a name, or a dict of a name and
+            fields to replace, see :func:`~dsvlm.datasets.get_template`);
+            its end-of-turn string stops generation.
         max_length: spliced sequences are truncated to this many tokens.
         pretrained_pth: a checkpoint file, or a finished run's work_dir, whose
             matching weights are loaded after building (stage 2 loads the
@@ -46,7 +47,7 @@ class LlavaModel(BaseModel):
                  connector_train_mode: str = 'full',
                  tokenizer=None,
                  image_processor=None,
-                 template: Optional[str] = None,
+                 template=None,
                  max_length: Optional[int] = None,
                  pretrained_pth: Optional[str] = None,
                  supervisors: Optional[List[dict]] = None,
@@ -120,7 +121,8 @@ class LlavaModel(BaseModel):
         if mode == 'predict':
             return self.predict(inputs, data_samples)
         if mode == 'tensor':
-            return self._llm_forward(inputs, data_samples).logits
+            return self._llm_forward(dict(inputs, labels=None),
+                                     data_samples).logits
         raise ValueError(f"mode={mode!r}; use 'loss', 'predict' or 'tensor'")
 
     def encode_images(self, pixel_values, has_image=None) -> VisualFeatures:

@@ -2,9 +2,12 @@
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from dsvlm.constants import IGNORE_INDEX
 from dsvlm.registry import LLMS
 from ..hf_build import build_hf_module
 from ..train_mode import apply_train_mode
@@ -23,7 +26,18 @@ class HFCausalLM(nn.Module):
         gradient_checkpointing: recompute activations in backward.
         attn_implementation: ``'sdpa'``, ``'eager'`` or
             ``'flash_attention_2'``.
+        supervised_logits_only: in training, apply the LM head only where
+            the labels supervise a token, instead of to the whole sequence.
+            The loss is the same (the mean next-token cross-entropy over
+            supervised tokens, as transformers computes it); the logits of
+            a Llama-3 vocabulary for every token are never made.  Models
+            that post-process logits (soft-capping, logit scales) need
+            ``False``.
     """
+
+    # config fields of models whose logits are more than ``lm_head(hidden)``
+    LOGIT_POSTPROCESSING = ('final_logit_softcapping', 'logit_scale',
+                            'logits_scaling')
 
     def __init__(self,
                  pretrained: Optional[str] = None,
@@ -32,7 +46,8 @@ class HFCausalLM(nn.Module):
                  lora_cfg: Optional[dict] = None,
                  gradient_checkpointing: bool = False,
                  dtype=None,
-                 attn_implementation: Optional[str] = 'sdpa'):
+                 attn_implementation: Optional[str] = 'sdpa',
+                 supervised_logits_only: bool = True):
         super().__init__()
         extra = {}
         if attn_implementation:
@@ -42,6 +57,15 @@ class HFCausalLM(nn.Module):
         model = build_hf_module(AutoModelForCausalLM, pretrained, config,
                                 dtype=dtype, what='llm', **extra)
         self.config = model.config
+        if supervised_logits_only:
+            scaled = [k for k in self.LOGIT_POSTPROCESSING
+                      if getattr(model.config, k, None) is not None]
+            if scaled:
+                raise ValueError(
+                    f'{type(model).__name__} post-processes its logits '
+                    f'({", ".join(scaled)}); set '
+                    'llm.supervised_logits_only=False')
+        self.supervised_logits_only = supervised_logits_only
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs=dict(use_reentrant=False))
@@ -58,9 +82,26 @@ class HFCausalLM(nn.Module):
         return self.model.get_input_embeddings()(input_ids)
 
     def forward(self, inputs_embeds, attention_mask, labels=None):
+        if labels is not None and self.supervised_logits_only:
+            return self._supervised_loss(inputs_embeds, attention_mask, labels)
         return self.model(inputs_embeds=inputs_embeds,
                           attention_mask=attention_mask, labels=labels,
                           use_cache=False)
+
+    def _supervised_loss(self, inputs_embeds, attention_mask, labels):
+        """Next-token loss from the LM head at supervised positions only;
+        ``logits`` holds those positions' logits, in sequence order."""
+        hidden = self.model.get_decoder()(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+            use_cache=False).last_hidden_state
+        targets = labels[:, 1:]
+        supervised = targets != IGNORE_INDEX
+        logits = self.model.get_output_embeddings()(hidden[:, :-1][supervised])
+        if logits.shape[0]:
+            loss = F.cross_entropy(logits.float(), targets[supervised])
+        else:  # nothing supervised: a zero that keeps the graph
+            loss = hidden.sum() * 0.
+        return CausalLMOutputWithPast(loss=loss, logits=logits)
 
     @torch.no_grad()
     def generate(self, inputs_embeds, attention_mask, **generation_kwargs):
