@@ -1,4 +1,6 @@
 """dsvlm.engine.config: shared keys and the global batch size."""
+from pathlib import Path
+
 import pytest
 from mmengine.config import Config
 
@@ -110,3 +112,31 @@ def test_load_config_inherits_overrides_and_completes(tmp_path, monkeypatch):
     assert cfg.train_dataloader.dataset.max_length == 48
     assert cfg.model.max_length == 48
     assert cfg.optim_wrapper.accumulative_counts == 2  # 8 // (2 * 2)
+
+
+def test_batch_grouping_samplers_get_the_dataloader_batch_size():
+    cfg = _cfg()
+    cfg.train_dataloader.sampler = dict(type='LengthGroupedSampler',
+                                        mega_batch_mult=4)
+    cfg.val_dataloader.batch_size = 8
+    cfg.val_dataloader.sampler = dict(type='DefaultSampler', shuffle=False)
+    complete_config(cfg, world_size=1)
+    assert cfg.train_dataloader.sampler.batch_size == 2
+    # MMEngine's DefaultSampler takes no batch size and gets none
+    assert 'batch_size' not in cfg.val_dataloader.sampler
+
+
+def test_a_sampler_batch_size_other_than_the_dataloaders_is_an_error():
+    cfg = _cfg()
+    cfg.train_dataloader.sampler = dict(type='LengthGroupedSampler',
+                                        batch_size=16)
+    with pytest.raises(ValueError, match=r'train_dataloader.sampler.batch_'
+                       r'size=16 differs from train_dataloader.batch_size=2'):
+        complete_config(cfg, world_size=1)
+
+
+def test_the_tiny_config_states_its_batch_size_once():
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / 'configs/tiny/llava_tiny.py',
+                      {'train_dataloader.batch_size': 5})
+    assert cfg.train_dataloader.sampler.batch_size == 5

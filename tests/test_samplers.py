@@ -110,3 +110,67 @@ def test_built_like_the_runner_builds_samplers():
             default_args=dict(dataset=dataset, seed=3))
     assert isinstance(sampler, LengthGroupedSampler)
     assert sampler.seed == 3 and sorted(sampler) == list(range(12))
+
+
+def batches_of(indices, batch_size):
+    return [indices[i:i + batch_size]
+            for i in range(0, len(indices), batch_size)]
+
+
+def test_mega_batch_mult_puts_similar_lengths_together(monkeypatch):
+    # 20 image samples of distinct lengths, one megabatch of 5 batches of 4
+    modality = [5 + (7 * i) % 20 for i in range(20)]
+    [order] = per_rank(monkeypatch, FakeDataset(modality), 1, 4,
+                       mega_batch_mult=5)
+    assert sorted(order) == list(range(20))
+    ranges = [(min(modality[i] for i in b), max(modality[i] for i in b))
+              for b in batches_of(order, 4)]
+    # the batches cut the sorted lengths into blocks that do not interleave
+    for lo, hi in ranges:
+        assert all(h < lo or l > hi for l, h in ranges if (l, h) != (lo, hi))
+    assert sorted(ranges) == [(5 + 4 * k, 8 + 4 * k) for k in range(5)]
+    # ...which pads less than LLaVA's grouping (a batch pads to its longest)
+    [llava] = per_rank(monkeypatch, FakeDataset(modality), 1, 4)
+
+    def padded(indices):
+        return sum(4 * max(modality[i] for i in b)
+                   for b in batches_of(indices, 4))
+    assert padded(order) < padded(llava)
+
+
+def test_mega_batch_mult_shuffles_the_batches(monkeypatch):
+    modality = list(range(1, 41))
+    orders = {tuple(per_rank(monkeypatch, FakeDataset(modality), 1, 4,
+                             seed=s, mega_batch_mult=10)[0])
+              for s in range(4)}
+    firsts = {max(modality[i] for i in order[:4]) for order in orders}
+    assert len(orders) == 4
+    # not always the longest batch first, as a plain sort would give
+    assert len(firsts) > 1
+
+
+def test_mega_batch_mult_keeps_ranks_and_modalities(monkeypatch):
+    modality = lengths(num_image=21, num_text=19)
+    ranks = per_rank(monkeypatch, FakeDataset(modality), 2, 3,
+                     mega_batch_mult=3)
+    assert sorted(i for r in ranks for i in r) == list(range(40))
+    steps = len(ranks[0]) // 3
+    megabatches = [[i for r in ranks for i in r[k * 3:(k + 1) * 3]]
+                   for k in range(steps)]
+    single = megabatches[:21 // 6 + 19 // 6]
+    assert all(len({modality[i] > 0 for i in mb}) == 1 for mb in single)
+    with pytest.raises(ValueError, match='mega_batch_mult'):
+        LengthGroupedSampler(FakeDataset(modality), 2, seed=0,
+                             mega_batch_mult=0)
+
+
+def test_infinite_goes_on_with_the_next_epochs_orders(monkeypatch):
+    import itertools
+    dataset = FakeDataset(lengths(9, 5))
+    finite = [per_rank(monkeypatch, dataset, 2, 3, epoch=e) for e in range(3)]
+    monkeypatch.setattr(samplers, 'get_dist_info', lambda: (1, 2))
+    sampler = LengthGroupedSampler(dataset, 3, seed=0, infinite=True)
+    n = len(sampler)
+    stream = list(itertools.islice(iter(sampler), 3 * n))
+    # rank 1 of epochs 0, 1, 2, back to back, as the finite sampler gives
+    assert stream == finite[0][1] + finite[1][1] + finite[2][1]

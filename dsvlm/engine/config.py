@@ -3,10 +3,13 @@
 A config sets ``tokenizer``, ``image_processor``, ``template`` and
 ``max_length`` once at top level; :func:`complete_config` copies them into
 every dataset of the train/val/test dataloaders and into ``model`` wherever
-those leave them unset.  It also turns the top-level ``global_batch_size``
-into gradient accumulation for the current number of processes.
+those leave them unset.  It gives samplers that take a ``batch_size``
+(``LengthGroupedSampler``) their dataloader's, and turns the top-level
+``global_batch_size`` into gradient accumulation for the current number of
+processes.
 """
 import copy
+import inspect
 import os
 
 from mmengine.config import Config
@@ -60,10 +63,47 @@ def complete_config(cfg, world_size=None):
         for key, value in shared.items():
             if target.get(key) is None:
                 target[key] = copy.deepcopy(value)
+    for loader in DATALOADERS:
+        if cfg.get(loader):
+            set_sampler_batch_size(cfg[loader], loader)
     if world_size is None:
         world_size = world_size_from_env()
     set_gradient_accumulation(cfg, world_size)
     return cfg
+
+
+def _takes_batch_size(sampler_type) -> bool:
+    if isinstance(sampler_type, str):
+        from dsvlm.registry import DATA_SAMPLERS
+        try:
+            sampler_type = DATA_SAMPLERS.get(sampler_type)
+        except KeyError:  # the builder reports unknown types
+            return False
+    if not callable(sampler_type):
+        return False
+    try:
+        return 'batch_size' in inspect.signature(sampler_type).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def set_sampler_batch_size(loader_cfg, name='dataloader'):
+    """Give a sampler that groups samples into batches (it takes a
+    ``batch_size``: MMEngine builds samplers from the dataset and seed only)
+    the dataloader's ``batch_size``, so that the batch size is stated once.
+    A sampler batch size that differs from the dataloader's is an error."""
+    sampler = loader_cfg.get('sampler')
+    batch = loader_cfg.get('batch_size')
+    if not isinstance(sampler, dict) or not _takes_batch_size(
+            sampler.get('type')):
+        return
+    if sampler.get('batch_size') is None:
+        sampler['batch_size'] = batch
+    elif sampler['batch_size'] != batch:
+        raise ValueError(
+            f'{name}.sampler.batch_size={sampler["batch_size"]} differs from '
+            f'{name}.batch_size={batch}; leave the sampler\'s unset and it '
+            'is taken from the dataloader.')
 
 
 def leaf_datasets(dataset_cfg):

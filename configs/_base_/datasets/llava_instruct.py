@@ -9,9 +9,9 @@ train_dataloader = dict(
     num_workers=4,
     persistent_workers=True,
     # LLaVA's group_by_modality_length: batches are either all multimodal or
-    # all text-only, and of similar length.  MMEngine gives samplers only the
-    # dataset and the seed, so the sampler repeats the per-process batch size.
-    sampler=dict(type='LengthGroupedSampler', batch_size=16),
+    # all text-only, and of similar length (its batch_size is the
+    # dataloader's, filled in by dsvlm.engine.config.complete_config).
+    sampler=dict(type='LengthGroupedSampler'),
     collate_fn=dict(type='llava_collate'),
     dataset=dict(
         type='LlavaDataset',
