@@ -99,6 +99,25 @@ def test_jsonl_gives_the_same_items(data_dir, test_tokenizer):
         assert torch.equal(a[i]['labels'], b[i]['labels'])
 
 
+def test_cached_items_equal_fresh_ones_and_need_no_file(data_dir,
+                                                       test_tokenizer):
+    fresh = make(data_dir, test_tokenizer)
+    cached = make(data_dir, test_tokenizer, cache_items=True)
+    first = [cached[i] for i in range(3)]
+    (data_dir / 'images' / 'red.png').unlink()  # second reads: from memory
+    with pytest.raises(DataError, match='red.png'):
+        fresh[0]
+    for i in range(3):
+        again, reference = cached[i], first[i]
+        assert torch.equal(again['input_ids'], reference['input_ids'])
+        assert torch.equal(again['labels'], reference['labels'])
+        assert again['data_sample'] == reference['data_sample']
+    assert torch.equal(cached[0]['pixel_values'], first[0]['pixel_values'])
+    # a caller that edits its item's data_sample leaves the cache as it was
+    cached[2]['data_sample']['id'] = 'changed'
+    assert cached[2]['data_sample']['id'] == first[2]['data_sample']['id']
+
+
 def test_test_mode(data_dir, test_tokenizer):
     item = make(data_dir, test_tokenizer, test_mode=True)[2]
     prompt = (f'{SYSTEM} USER: <image>\nShape? ASSISTANT: A square.</s>'

@@ -153,6 +153,27 @@ def test_unknown_template_lists_valid_names():
         assert name in message
 
 
+def test_template_dict_replaces_fields():
+    record = {'conversations': [
+        {'from': 'human', 'value': '<image>\nWhat color?'},
+        {'from': 'gpt', 'value': 'red'}]}
+    convs = normalize_conversations(record)
+    text = ''.join(s.text for s in get_template(
+        dict(name='vicuna_v1', system='Be brief. ')).segments(convs))
+    assert text == 'Be brief. USER: <image>\nWhat color? ASSISTANT: red</s>'
+    bare = get_template(dict(name='vicuna_v1', system=''))
+    assert ''.join(s.text for s in bare.segments(convs)) == (
+        'USER: <image>\nWhat color? ASSISTANT: red</s>')
+    assert bare.stop_str == '</s>' and bare.add_bos
+    assert get_template('vicuna_v1').system.startswith('A chat')  # untouched
+    with pytest.raises(KeyError, match='systm'):
+        get_template(dict(name='vicuna_v1', systm=''))
+    with pytest.raises(KeyError, match='needs `name`'):
+        get_template(dict(system=''))
+    with pytest.raises(KeyError, match='valid templates'):
+        get_template(dict(name='vicuna', system=''))
+
+
 def test_bad_role_order_is_rejected():
     convs = [{'from': 'gpt', 'value': 'a'}, {'from': 'human', 'value': 'q'}]
     with pytest.raises(ValueError, match='alternate'):

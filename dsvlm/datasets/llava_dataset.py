@@ -39,7 +39,10 @@ class LlavaDataset(Dataset):
     :class:`DataError` on construction, unless ``skip_invalid`` (then they are
     left out, logged, and listed in ``problems``).  ``meta_keys`` names
     record fields copied into ``data_sample`` (e.g. ``question_type``, which
-    a metric can group by).
+    a metric can group by).  ``cache_items`` keeps every item in memory
+    after its first read, so later epochs neither decode images nor
+    tokenise; for small datasets (the tiny world), as each dataloader
+    worker holds a copy.
     """
 
     def __init__(self, ann_file, image_folder, tokenizer, image_processor,
@@ -47,7 +50,8 @@ class LlavaDataset(Dataset):
                  image_aspect_ratio: str = 'pad', test_mode: bool = False,
                  max_samples: Optional[int] = None,
                  skip_invalid: bool = False,
-                 meta_keys: Sequence[str] = ()):
+                 meta_keys: Sequence[str] = (),
+                 cache_items: bool = False):
         if image_aspect_ratio not in ASPECT_RATIOS:
             raise ValueError(
                 f'unknown image_aspect_ratio {image_aspect_ratio!r}; valid: '
@@ -64,6 +68,7 @@ class LlavaDataset(Dataset):
         self.meta_keys = tuple(meta_keys)
         self._truncated_ids = set()
         self._modality_lengths = None
+        self._cache = {} if cache_items else None
 
         ann = load_annotations(self.ann_file, skip_invalid=True)
         self.problems: List[DataProblem] = list(ann.problems)
@@ -177,6 +182,14 @@ class LlavaDataset(Dataset):
         return tokens, segments, gt_answer
 
     def __getitem__(self, idx) -> dict:
+        if self._cache is None:
+            return self._load_item(idx)
+        if idx not in self._cache:
+            self._cache[idx] = self._load_item(idx)
+        item = self._cache[idx]
+        return dict(item, data_sample=dict(item['data_sample']))
+
+    def _load_item(self, idx) -> dict:
         tokens, segments, gt_answer = self.tokenize(idx)
         record, index, _ = self._samples[idx]
         sid = sample_id(record, index)

@@ -25,7 +25,8 @@ Templates:
 * ``qwen2`` (ChatML, LLaVA-NeXT's ``conv_qwen``): ``<|im_start|>role\\n...
   <|im_end|>\\n``; the ``\\n`` after ``<|im_end|>`` is not supervised; no BOS.
 """
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 from typing import List, NamedTuple, Tuple
 
 from dsvlm.constants import DEFAULT_IMAGE_TOKEN
@@ -149,11 +150,30 @@ QWEN2 = ConversationTemplate(
 TEMPLATES = {t.name: t for t in (PLAIN, VICUNA_V1, LLAMA3, QWEN2)}
 
 
-def get_template(name) -> ConversationTemplate:
-    """The template called ``name`` (a template instance is returned as is)."""
-    if isinstance(name, ConversationTemplate):
-        return name
-    if name not in TEMPLATES:
-        raise KeyError(f'unknown conversation template {name!r}; valid '
+def get_template(spec) -> ConversationTemplate:
+    """The template ``spec`` names.
+
+    ``spec`` is a template name (``'vicuna_v1'``), a template instance
+    (returned as is), or a dict ``dict(name='vicuna_v1', system='')`` that
+    takes a named template and replaces some of its fields, e.g. a system
+    prompt of one's own.
+    """
+    if isinstance(spec, ConversationTemplate):
+        return spec
+    overrides = {}
+    if isinstance(spec, Mapping):
+        overrides = dict(spec)
+        if 'name' not in overrides:
+            raise KeyError(f'a template dict needs `name` (one of '
+                           f'{", ".join(sorted(TEMPLATES))}); got {spec}')
+        spec = overrides.pop('name')
+    if spec not in TEMPLATES:
+        raise KeyError(f'unknown conversation template {spec!r}; valid '
                        f'templates: {", ".join(sorted(TEMPLATES))}')
-    return TEMPLATES[name]
+    template = TEMPLATES[spec]
+    unknown = sorted(set(overrides) - {f.name for f in fields(template)})
+    if unknown:
+        raise KeyError(f'unknown field(s) {unknown} for template {spec!r}; '
+                       'valid: ' + ', '.join(f.name for f in fields(template)
+                                             if f.name != 'name'))
+    return replace(template, **overrides) if overrides else template
