@@ -185,3 +185,81 @@ def test_two_processes_generating_at_once_leave_one_complete_world(tmp_path):
     assert len(listings[0]) == SMALL['num_images_train'] + \
         SMALL['num_images_test']
     assert not [p for p in tmp_path.iterdir() if p.name != 'shared']
+
+
+def copyable_answers(record):
+    """Turns whose answer words already occur, in order, in the earlier
+    turns of the conversation (a shortcut around the image)."""
+    turns = [t['value'].replace('<image>', ' ') for t in record['conversations']]
+    found = []
+    for i in range(1, len(turns), 2):
+        earlier = ' '.join(turns[:i]).replace('?', ' ').replace('.', ' ')
+        words, answer = earlier.split(), turns[i].split()
+        if any(words[j:j + len(answer)] == answer
+               for j in range(len(words) - len(answer) + 1)):
+            found.append(turns[i - 1])
+    return found
+
+
+@pytest.mark.parametrize('questions', ['grounded', 'all'])
+def test_grounded_conversations_have_no_copyable_answer(tmp_path, questions):
+    root = ensure_shapes_world(tmp_path / questions,
+                               **dict(SMALL, questions=questions))
+    records = [r for r in load(root, 'instruct.json') if 'image' in r]
+    copyable = [q for r in records for q in copyable_answers(r)]
+    if questions == 'all':  # the check finds the shortcuts where they are
+        assert copyable
+        return
+    assert not copyable
+    scenes = load(root, 'scenes.json')
+    first_kinds = Counter()
+    for record in records:
+        k = len(scenes[record['image']]['objects'])
+        asked = [t['value'].replace('<image>', '').strip()
+                 for t in record['conversations'][::2]]
+        kinds = [q.split(' the ')[0] for q in asked]
+        # one question type about every object once, and one count
+        assert kinds.count('How many shapes are there?') == 1
+        block = [x for x in kinds if x != 'How many shapes are there?']
+        assert block in (['What color is'] * k, ['What shape is'] * k,
+                         ['Where is'] * k)
+        assert len(set(asked)) == len(asked) == k + 1
+        first_kinds[kinds[0]] += 1
+    # every type opens conversations, as every type opens the test records
+    assert set(first_kinds) == {'What color is', 'What shape is', 'Where is',
+                                'How many shapes are there?'}
+
+
+def test_per_scene_weighting_follows_the_scene_pools():
+    from dsvlm.datasets.tiny.scenes import sample_scene, split_scenes
+    pools = split_scenes(np.random.default_rng(0), 3, 0.2)['train']
+    draws = {'per_count': Counter(), 'per_scene': Counter()}
+    rng = np.random.default_rng(1)
+    for weighting, counter in draws.items():
+        for _ in range(3000):
+            scene, offsets = sample_scene(rng, pools, 3, 1, weighting)
+            assert scene in pools[len(scene)] and len(offsets) == len(scene)
+            counter[len(scene)] += 1
+    total = sum(len(p) for p in pools.values())
+    for k in (1, 2, 3):
+        assert draws['per_count'][k] / 3000 == pytest.approx(1 / 3, abs=0.03)
+        assert draws['per_scene'][k] / 3000 == pytest.approx(
+            len(pools[k]) / total, abs=0.03)
+    with pytest.raises(ValueError, match='per_count, per_scene'):
+        sample_scene(rng, pools, 3, 1, 'uniform')
+
+
+def test_bad_world_parameters_are_named():
+    with pytest.raises(ValueError, match="questions must be one of"):
+        ensure_shapes_world('/nonexistent', questions='every')
+    with pytest.raises(ValueError, match='train_scenes must be one of'):
+        ensure_shapes_world('/nonexistent', train_scenes='uniform')
+    with pytest.raises(TypeError, match='all_questions'):
+        ensure_shapes_world('/nonexistent', all_questions=True)
+
+
+def test_captions_use_the_right_article():
+    from dsvlm.datasets.tiny.texts import caption
+    assert caption(((0, 'circle', 'orange'), (3, 'square', 'red'))) == (
+        'an orange circle at the top left and a red square at the '
+        'bottom right.')

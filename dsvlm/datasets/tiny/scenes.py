@@ -53,9 +53,26 @@ def split_scenes(rng, max_shapes, test_fraction):
     return pools
 
 
-def sample_scene(rng, pool, max_shapes, jitter):
-    """A scene with a uniform number of objects, and a pixel offset each."""
-    k = int(rng.integers(1, max_shapes + 1))
+SCENE_WEIGHTINGS = ('per_count', 'per_scene')
+
+
+def sample_scene(rng, pool, max_shapes, jitter, weighting='per_count'):
+    """A scene from ``pool`` and a pixel offset for each of its objects.
+
+    ``weighting='per_count'`` draws the number of objects uniformly, then a
+    scene with that many; ``'per_scene'`` makes every scene of the pool
+    equally likely (most then hold ``max_shapes`` objects, as most scenes
+    do).
+    """
+    counts = list(range(1, max_shapes + 1))
+    if weighting == 'per_count':
+        k = counts[int(rng.integers(len(counts)))]
+    elif weighting == 'per_scene':
+        sizes = np.array([len(pool[c]) for c in counts], dtype=float)
+        k = counts[int(rng.choice(len(counts), p=sizes / sizes.sum()))]
+    else:
+        raise ValueError(f'unknown scene weighting {weighting!r}; valid: '
+                         f'{", ".join(SCENE_WEIGHTINGS)}')
     scene = pool[k][int(rng.integers(len(pool[k])))]
     offsets = rng.integers(-jitter, jitter + 1, size=(k, 2))
     return scene, [tuple(int(v) for v in o) for o in offsets]

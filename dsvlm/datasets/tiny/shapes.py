@@ -21,16 +21,19 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import build_once
-from .scenes import (COLORS, POSITIONS, SHAPES, draw_scene, sample_scene,
-                     scene_to_records, shape_margin, split_scenes)
+from .scenes import (COLORS, POSITIONS, SCENE_WEIGHTINGS, SHAPES, draw_scene,
+                     sample_scene, scene_to_records, shape_margin,
+                     split_scenes)
 from .texts import (CAPTION_PROMPTS, QUESTION_TYPES, TEXT_FACTS, conversation,
                     question_answer, with_image, caption)
 
-WORLD_VERSION = 2
+WORLD_VERSION = 3
 DEFAULT_PARAMS = dict(num_images_train=2000, num_images_test=400,
                       image_size=32, seed=0, max_shapes=3, jitter=1,
                       num_text_only=40, test_scene_fraction=0.2,
-                      all_questions=True, image_first=0.8)
+                      questions='grounded', train_scenes='per_count',
+                      image_first=0.8)
+QUESTION_SETS = ('grounded', 'all', 'some')
 IMAGE_FOLDER = 'images'
 
 
@@ -54,6 +57,13 @@ def world_params(**params):
     if not 0 < p['test_scene_fraction'] < 1:
         raise ValueError('test_scene_fraction must be in (0, 1), got '
                          f"{p['test_scene_fraction']}")
+    if p['questions'] not in QUESTION_SETS:
+        raise ValueError(f"questions must be one of {', '.join(QUESTION_SETS)}"
+                         f", got {p['questions']!r}")
+    if p['train_scenes'] not in SCENE_WEIGHTINGS:
+        raise ValueError('train_scenes must be one of '
+                         f"{', '.join(SCENE_WEIGHTINGS)}, got "
+                         f"{p['train_scenes']!r}")
     for key in ('num_images_train', 'num_images_test', 'num_text_only'):
         if p[key] < 0:
             raise ValueError(f'{key} must be >= 0, got {p[key]}')
@@ -61,19 +71,34 @@ def world_params(**params):
     return p
 
 
-def _instruct_pairs(rng, scene, all_questions):
-    """Every question about a scene (each object's colour, shape and
-    position, and the count), in random order; or, without
-    ``all_questions``, 1-4 questions of distinct types."""
-    if all_questions:
-        pairs = [(t, *question_answer(scene, t, k)) for k in range(len(scene))
+def _instruct_pairs(rng, scene, questions):
+    """The ``(type, question, answer)`` turns of an image's conversation.
+
+    ``'grounded'``: one question type (colour, shape or position) asked
+    of every object, with the count among them; no answer can be copied
+    from an earlier turn (asked after "What color is the circle? red",
+    "What shape is the red object?" could), and every type comes first as
+    often as the others, as in the single-question test records.
+    ``'all'``: every question about the scene, in random order.
+    ``'some'``: 1-4 questions of distinct types.
+    """
+    k = len(scene)
+    if questions == 'grounded':
+        qtype = ('color', 'shape', 'position')[int(rng.integers(3))]
+        turns = [(qtype, *question_answer(scene, qtype, int(o)))
+                 for o in rng.permutation(k)]
+        turns.insert(int(rng.integers(k + 1)),
+                     ('count', *question_answer(scene, 'count', 0)))
+        return turns
+    if questions == 'all':
+        pairs = [(t, *question_answer(scene, t, o)) for o in range(k)
                  for t in QUESTION_TYPES if t != 'count']
         pairs.append(('count', *question_answer(scene, 'count', 0)))
         return [pairs[i] for i in rng.permutation(len(pairs))]
     num_turns = int(rng.integers(1, len(QUESTION_TYPES) + 1))
     qtypes = [QUESTION_TYPES[i]
               for i in rng.permutation(len(QUESTION_TYPES))[:num_turns]]
-    return [(t, *question_answer(scene, t, int(rng.integers(len(scene)))))
+    return [(t, *question_answer(scene, t, int(rng.integers(k))))
             for t in qtypes]
 
 
@@ -116,9 +141,12 @@ def generate_shapes_world(root, **params):
     objects per image), ``jitter`` (max pixel offset of a shape),
     ``num_text_only`` (text-only samples in instruct.json),
     ``test_scene_fraction`` (share of scenes reserved for test),
-    ``all_questions`` (every question about an image in its conversation,
-    rather than 1-4), ``image_first`` (the probability that ``<image>``
-    comes before the question text rather than after it).
+    ``questions`` (the turns of a training conversation, see
+    :func:`_instruct_pairs`), ``train_scenes`` (``'per_count'``: as many
+    training images of 1, 2 and 3 objects; ``'per_scene'``: every training
+    scene equally likely; the test images are always ``'per_count'``),
+    ``image_first`` (the probability that ``<image>`` comes before the
+    question text rather than after it).
 
     Returns:
         dict: the content of ``meta.json``.
@@ -132,8 +160,9 @@ def generate_shapes_world(root, **params):
     pools = split_scenes(rng_split, p['max_shapes'], p['test_scene_fraction'])
 
     def make_image(split, i, rng):
+        weighting = p['train_scenes'] if split == 'train' else 'per_count'
         scene, offsets = sample_scene(rng, pools[split], p['max_shapes'],
-                                      p['jitter'])
+                                      p['jitter'], weighting)
         name = f'{split}_{i:05d}.png'
         draw_scene(scene, offsets, p['image_size']).save(
             root / IMAGE_FOLDER / name, format='PNG')
@@ -148,7 +177,7 @@ def generate_shapes_world(root, **params):
         human = with_image(prompt, image_first=rng_train.random() < 0.7)
         pretrain.append(dict(id=name[:-4], image=name, conversations=(
             conversation([(human, caption(scene))]))))
-        qas = _instruct_pairs(rng_train, scene, p['all_questions'])
+        qas = _instruct_pairs(rng_train, scene, p['questions'])
         pairs = [(q, a) for _, q, a in qas]
         pairs[0] = (with_image(pairs[0][0],
                                 rng_train.random() < p['image_first']),

@@ -28,9 +28,15 @@ TEXT_FACTS = (
 )
 
 
+def _indefinite(word):
+    return ('an ' if word[0] in 'aeiou' else 'a ') + word
+
+
 def caption(scene):
-    """'a red circle at the top left and a blue square at the bottom right.'"""
-    parts = [f'a {c} {s} at the {POSITIONS[i]}' for i, s, c in scene]
+    """'a red circle at the top left and an orange square at the bottom
+    right.'"""
+    parts = [f'{_indefinite(c)} {s} at the {POSITIONS[i]}'
+             for i, s, c in scene]
     if len(parts) == 1:
         return parts[0] + '.'
     return ', '.join(parts[:-1]) + ' and ' + parts[-1] + '.'
