@@ -77,8 +77,8 @@ def _instruct_pairs(rng, scene, questions):
     ``'grounded'``: one question type (colour, shape or position) asked
     of every object, with the count among them; no answer can be copied
     from an earlier turn (asked after "What color is the circle? red",
-    "What shape is the red object?" could), and every type comes first as
-    often as the others, as in the single-question test records.
+    "What shape is the red object?" could), and every type opens some
+    conversations, as every type opens single-question test records.
     ``'all'``: every question about the scene, in random order.
     ``'some'``: 1-4 questions of distinct types.
     """
