@@ -32,7 +32,7 @@ diffusion_supervisor = dict(
     loss=dict(type='L1ReconLoss'),
     loss_weight=1.0,
     image_size=32,
-    max_images=8,  # reconstruct 8 images of each batch of 32: CPU budget
+    max_images=4,  # reconstruct 4 images of each batch of 32: CPU budget
     unet_train_mode='full',
     vae_train_mode='full')
 model = dict(supervisors=[diffusion_supervisor])
