@@ -158,3 +158,26 @@ def test_runner_path_lists_registered_names():
     assert 'ToyLinearModel' in message  # a dsvlm name
     assert 'BaseDataPreprocessor' in message  # a name of the parent
     assert type(built).__name__ == 'ToyLinearModel'
+
+
+@pytest.mark.parametrize('num_workers', [0, 1])
+def test_epoch_restarts_sleep_only_with_worker_processes(monkeypatch,
+                                                          num_workers):
+    import time
+
+    from mmengine.runner import loops
+    from torch.utils.data import DataLoader
+    sleeps = []
+    monkeypatch.setattr(time, 'sleep', sleeps.append)
+    loader = DataLoader(list(range(3)), batch_size=2, num_workers=num_workers)
+    patched = loops._InfiniteDataloaderIterator.__next__
+    assert compat.is_patched(patched)
+    for next_batch, expected in ((patched.__wrapped__, [2, 2]),
+                                 (patched, [2, 2] if num_workers else [])):
+        sleeps.clear()
+        iterator = loops._InfiniteDataloaderIterator(loader)
+        batches = [next_batch(iterator).tolist() for _ in range(6)]
+        # three epochs of two batches, in order, with or without the sleep
+        assert batches == [[0, 1], [2]] * 3
+        assert sleeps == expected
+    assert loops.time is time  # the module is restored after each call
