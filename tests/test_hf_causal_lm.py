@@ -86,6 +86,11 @@ def test_nothing_supervised_gives_a_zero_loss_with_a_graph():
     assert loss.item() == 0.
     loss.backward()
     assert torch.count_nonzero(embeds.grad) == 0
+    # every trainable parameter takes part (with a zero gradient), as DDP
+    # needs
+    for name, param in ours.named_parameters():
+        if param.requires_grad and 'embed_tokens' not in name:
+            assert param.grad is not None and not param.grad.any(), name
 
 
 def test_models_with_logit_postprocessing_are_refused():

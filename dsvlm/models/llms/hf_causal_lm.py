@@ -96,11 +96,13 @@ class HFCausalLM(nn.Module):
             use_cache=False).last_hidden_state
         targets = labels[:, 1:]
         supervised = targets != IGNORE_INDEX
-        logits = self.model.get_output_embeddings()(hidden[:, :-1][supervised])
+        lm_head = self.model.get_output_embeddings()
+        logits = lm_head(hidden[:, :-1][supervised])
         if logits.shape[0]:
             loss = F.cross_entropy(logits.float(), targets[supervised])
-        else:  # nothing supervised: a zero that keeps the graph
-            loss = hidden.sum() * 0.
+        else:  # nothing supervised: a zero whose graph still holds every
+            # parameter (DDP expects a gradient for each)
+            loss = lm_head(hidden[:1, :1]).sum() * 0.
         return CausalLMOutputWithPast(loss=loss, logits=logits)
 
     @torch.no_grad()
