@@ -8,7 +8,6 @@ VGG-16 convolutions 14.71M) and closed-form formulas over the architecture
 written out here, never read from the configs or the code under test.
 """
 import glob
-import importlib.util
 import os.path as osp
 
 import pytest
@@ -20,6 +19,7 @@ from dsvlm.engine.config import load_config
 from dsvlm.models.hf_build import architecture_only
 from dsvlm.models.supervisors import diffusion_parts
 from dsvlm.registry import SUPERVISORS
+from tool_loader import load_tool
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = osp.join(ROOT, 'configs')
@@ -138,15 +138,7 @@ def to_lists(value):
     return value
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'inspect_model', osp.join(ROOT, 'tools', 'inspect_model.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-inspect_model = _load_tool()
+inspect_model = load_tool('inspect_model')
 
 
 def count(module, trainable=None):

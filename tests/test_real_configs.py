@@ -6,7 +6,6 @@ architecture numbers (written out here, not read from the configs), and are
 also checked against the sizes the model cards state.
 """
 import glob
-import importlib.util
 import json
 import os.path as osp
 import subprocess
@@ -18,6 +17,7 @@ import torch
 from mmengine.registry import PARAM_SCHEDULERS, init_default_scope
 
 from dsvlm.engine.config import load_config, set_gradient_accumulation
+from tool_loader import load_tool
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 LLAVA = osp.join(ROOT, 'configs', 'llava')
@@ -28,15 +28,7 @@ EXPECTED_CONFIGS = sorted(
     ['clip_vicuna7b_lora', 'clip_vicuna7b_mgm'])
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'inspect_model', osp.join(ROOT, 'tools', 'inspect_model.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-inspect_model = _load_tool()
+inspect_model = load_tool('inspect_model')
 
 
 def config_path(name):

@@ -14,6 +14,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
+from tool_loader import load_tool
 from toy_modules import toy_initial_weights, toy_samples, write_toy_config
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -216,14 +217,6 @@ def test_deepspeed_zero2_trains_in_one_process_without_a_launcher(tmp_path):
 
 
 # --- command line ----------------------------------------------------------
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(
-        f'dsvlm_tool_{name}', osp.join(REPO, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _merged(tool, argv):
     args = tool.parse_args(argv)
     cfg = Config(dict(optim_wrapper=dict(optimizer=dict(type='SGD'))))
@@ -232,7 +225,7 @@ def _merged(tool, argv):
 
 def test_train_command_line(monkeypatch):
     monkeypatch.setenv('LOCAL_RANK', '0')  # parse_args may set it
-    train = _load_tool('train')
+    train = load_tool('train')
     cfg = _merged(train, ['configs/tiny/llava_tiny.py'])
     assert cfg.work_dir == osp.join('./work_dirs', 'llava_tiny')
     assert cfg.launcher == 'none' and cfg.default_scope == 'dsvlm'
@@ -252,7 +245,7 @@ def test_train_command_line(monkeypatch):
 
 def test_test_command_line(monkeypatch):
     monkeypatch.setenv('LOCAL_RANK', '0')
-    test = _load_tool('test')
+    test = load_tool('test')
     cfg = _merged(test, ['configs/x/model.py', 'ckpt.pth'])
     assert cfg.load_from == 'ckpt.pth' and cfg.resume is False
     assert cfg.work_dir == osp.join('./work_dirs', 'model')
