@@ -2,25 +2,7 @@
 # Test a checkpoint with N processes on this node (or several nodes) through torchrun.
 #   bash tools/dist_test.sh CONFIG CHECKPOINT N [test.py args...]
 # Multi-node: set NNODES, NODE_RANK, MASTER_ADDR and PORT on every node;
-# PYTHON selects the interpreter (default: python).
-# Without CUDA the processes use gloo on the CPU (dsvlm/engine/compat.py).
+# PYTHON selects the interpreter (default: python).  See tools/dist_run.sh.
 
-CONFIG=$1
-CHECKPOINT=$2
-GPUS=$3
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-PORT=${PORT:-29500}
-MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
-
-PYTHONPATH="$(dirname $0)/..":$PYTHONPATH \
-${PYTHON:-python} -m torch.distributed.run \
-    --nnodes=$NNODES \
-    --node_rank=$NODE_RANK \
-    --master_addr=$MASTER_ADDR \
-    --nproc_per_node=$GPUS \
-    --master_port=$PORT \
-    $(dirname "$0")/test.py \
-    $CONFIG \
-    $CHECKPOINT \
-    --launcher pytorch ${@:4}
+exec bash "$(dirname "$0")/dist_run.sh" test.py "$3" "$1" "$2" --launcher pytorch \
+    "${@:4}"
