@@ -39,8 +39,6 @@ def length_grouped_indices(lengths, batch_size, world_size, generator,
     batch and so cuts padding; the global batches are then shuffled, so that
     long and short ones alternate at random.
     """
-    if mega_batch_mult < 1:
-        raise ValueError(f'mega_batch_mult must be >= 1, got {mega_batch_mult}')
     order = (torch.randperm(len(lengths), generator=generator).tolist()
              if shuffle else list(range(len(lengths))))
     size = world_size * batch_size
