@@ -71,7 +71,7 @@ def test_indivisible_global_batch_names_the_keys():
 
 
 def test_deepspeed_gets_gradient_accumulation_steps():
-    cfg = _cfg(global_batch_size=16,
+    cfg = _cfg(global_batch_size=16, runner_type='FlexibleRunner',
                strategy=dict(type='DeepSpeedStrategy'),
                optim_wrapper=dict(type='DeepSpeedOptimWrapper',
                                   optimizer=dict(type='AdamW', lr=1e-3)))

@@ -3,7 +3,6 @@
 Reference values come from plain-torch re-computations of the toy problem,
 never from the runner.
 """
-import importlib.util
 import os
 import os.path as osp
 import socket
@@ -189,31 +188,8 @@ def test_two_process_cpu_training_synchronises_gradients(tmp_path):
     assert (w0 - w).abs().max() > 1e-2
 
 
-# --- DeepSpeed --------------------------------------------------------------
-DEEPSPEED_CONFIG = """
-runner_type = 'FlexibleRunner'
-strategy = dict(type='DeepSpeedStrategy', zero_optimization=dict(stage=2))
-optim_wrapper = dict(_delete_=True, type='DeepSpeedOptimWrapper',
-                     optimizer=dict(type='AdamW', lr=0.01))
-"""
-
-
-@pytest.mark.skipif(importlib.util.find_spec('deepspeed') is None,
-                    reason='deepspeed not installed')
-def test_deepspeed_zero2_trains_in_one_process_without_a_launcher(tmp_path):
-    """FlexibleRunner + DeepSpeedStrategy from plain tools/train.py on a CPU
-    (the 1-bit optimizer import patch, and a one-process group instead of
-    DeepSpeed's MPI discovery)."""
-    config = write_toy_config(str(tmp_path), 'ds.py', DEEPSPEED_CONFIG)
-    log = tmp_path / 'ds.log'
-    _finish(_start(_train(config, tmp_path / 'work'), log), log)
-    state = _state(tmp_path / 'work')
-    # global batch 4 = 2 per step x 2 accumulated steps, set by DeepSpeed
-    assert state['deepspeed_config']['gradient_accumulation_steps'] == 2
-    assert state['deepspeed_config']['zero_optimization']['stage'] == 2
-    assert sorted(state['seen_indices']) == list(range(16))
-    moved = (state['weight'] - toy_initial_weights()[0]).abs().max()
-    assert moved > 1e-2
+# DeepSpeed from plain tools/train.py (one process, no launcher) and in two
+# processes: tests/test_deepspeed_strategy.py.
 
 
 # --- command line ----------------------------------------------------------

@@ -12,6 +12,8 @@ registration from a user's own module.
   to ``work_dir/state_rank{rank}.pth``.
 * ``StopAfterIterHook``: ends the process right after iteration ``stop_after``
   (after the checkpoint of that iteration is written) to simulate a crash.
+* ``RecordLossesHook``: after the run, writes each rank's per-iteration
+  losses to ``work_dir/losses_rank{rank}.json``.
 * ``ToyMSEMetric``: mean squared error; also written to ``out_file``.
 * ``ToyStrategy``: a strategy registered in dsvlm only.
 * ``ToyConnector``: a ``CONNECTORS`` component.
@@ -119,6 +121,25 @@ class StopAfterIterHook(Hook):
                          outputs=None):
         if runner.iter + 1 == self.stop_after:
             os._exit(3)  # a crash: no clean-up, no after_run
+
+
+@HOOKS.register_module()
+class RecordLossesHook(Hook):
+    """Writes every iteration's loss of this rank to
+    ``work_dir/losses_rank{rank}.json`` after the run."""
+    priority = 'LOWEST'
+
+    def before_run(self, runner):
+        self.losses = []
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None,
+                         outputs=None):
+        self.losses.append(float(outputs['loss']))
+
+    def after_run(self, runner):
+        with open(osp.join(runner.work_dir,
+                           f'losses_rank{get_rank()}.json'), 'w') as f:
+            json.dump(self.losses, f)
 
 
 @METRICS.register_module()

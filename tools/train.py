@@ -1,10 +1,13 @@
 """Train a model from a config (MMPretrain's ``tools/train.py`` conventions).
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
+        [--strategy ddp|deepspeed_zero2|deepspeed_zero3|...]
         [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
 
-``runner_type`` in the config picks ``Runner`` (default) or
-``FlexibleRunner``.  For several processes use ``tools/dist_train.sh``.
+``runner_type`` and ``strategy`` in the config pick the engine (a preset of
+``configs/_base_/strategies/`` inherited by the config); ``--strategy NAME``
+applies another preset without editing the config.  For several processes
+use ``tools/dist_train.sh``.
 """
 import argparse
 import os
@@ -13,7 +16,9 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from dsvlm.engine import load_config  # noqa: E402
+from dsvlm.engine import complete_config, load_config  # noqa: E402
+from dsvlm.engine.config import world_size_from_env  # noqa: E402
+from dsvlm.engine.strategy_config import strategy_kind  # noqa: E402
 from dsvlm.engine.cli import (add_runner_args, apply_runner_args,  # noqa
                               parse_runner_args)
 from dsvlm.engine.compat import (apply_mmengine_patches,  # noqa: E402
@@ -30,6 +35,10 @@ def parse_args(argv=None):
         'the latest checkpoint in the work dir')
     parser.add_argument('--amp', action='store_true',
                         help='enable automatic-mixed-precision training')
+    parser.add_argument(
+        '--strategy', help='distributed strategy preset, replacing the '
+        "config's (a file name of configs/_base_/strategies/: ddp, "
+        'deepspeed_zero2, deepspeed_zero3, deepspeed_zero3_offload, fsdp)')
     add_runner_args(parser, 'model.llm.pretrained=/x '
                     'train_dataloader.batch_size=4')
     return parse_runner_args(parser, argv)
@@ -64,9 +73,7 @@ def single_process_deepspeed_env(cfg):
     ``deepspeed.initialize``, which then looks for MPI (``mpi4py``).  A
     one-process ``env://`` group avoids that.
     """
-    strategy = cfg.get('strategy') or {}
-    if cfg.launcher != 'none' or not str(strategy.get('type', '')).endswith(
-            'DeepSpeedStrategy'):
+    if cfg.launcher != 'none' or strategy_kind(cfg) != 'deepspeed':
         return
     import socket
     with socket.socket() as s:
@@ -81,8 +88,10 @@ def single_process_deepspeed_env(cfg):
 def main(argv=None):
     args = parse_args(argv)
     apply_mmengine_patches()
-    cfg = load_config(args.config, args.cfg_options, launcher=args.launcher)
+    cfg = load_config(args.config, args.cfg_options, launcher=args.launcher,
+                      strategy=args.strategy, complete=False)
     cfg = merge_args(cfg, args)
+    complete_config(cfg, world_size=world_size_from_env(args.launcher))
     single_process_deepspeed_env(cfg)
     runner = RUNNERS.build(cfg)  # `runner_type` picks the class
     runner.train()

@@ -1,9 +1,11 @@
-"""Training engine: MMEngine patches, config completion and hooks.
+"""Training engine: MMEngine patches, config completion, strategies and
+hooks.
 
 Importing this package applies :func:`apply_mmengine_patches` (see
 ``compat.py``).  It is also the import location of dsvlm's runners, loops,
-optimizers and other engine registries.
+strategies, optimizer constructors and other engine registries.
 """
+from . import optim_constructor, strategies  # noqa: F401  (registration)
 from .compat import apply_mmengine_patches
 from .config import complete_config, load_config
 

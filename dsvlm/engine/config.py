@@ -4,7 +4,9 @@ A config sets ``tokenizer``, ``image_processor``, ``template`` and
 ``max_length`` once at top level; :func:`complete_config` copies them into
 every dataset of the train/val/test dataloaders and into ``model`` wherever
 those leave them unset.  It gives samplers that take a ``batch_size``
-(``LengthGroupedSampler``) their dataloader's, and turns the top-level
+(``LengthGroupedSampler``) their dataloader's, fills the distributed
+strategy's settings from what the config already states
+(:mod:`dsvlm.engine.strategy_config`), and turns the top-level
 ``global_batch_size`` into gradient accumulation for the current number of
 processes.
 """
@@ -14,6 +16,9 @@ import os
 
 from mmengine.config import Config
 
+from .strategy_config import (apply_strategy, fill_strategy_settings,
+                              strategy_kind)
+
 SHARED_KEYS = ('tokenizer', 'image_processor', 'template', 'max_length')
 DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 
@@ -22,11 +27,19 @@ _WORLD_SIZE_ENV = dict(pytorch='WORLD_SIZE', slurm='SLURM_NTASKS',
                        mpi='OMPI_COMM_WORLD_SIZE')
 
 
-def load_config(path, cfg_options=None, launcher=None):
-    """``Config.fromfile`` + ``--cfg-options`` + :func:`complete_config`."""
+def load_config(path, cfg_options=None, launcher=None, strategy=None,
+                complete=True):
+    """``Config.fromfile`` + ``--cfg-options`` + ``--strategy`` (a preset
+    name, see :func:`~dsvlm.engine.strategy_config.apply_strategy`) +
+    :func:`complete_config` (unless ``complete=False``: the caller completes
+    after its own changes)."""
     cfg = Config.fromfile(path)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
+    if strategy is not None:
+        apply_strategy(cfg, strategy)
+    if not complete:
+        return cfg
     return complete_config(cfg, world_size=world_size_from_env(launcher))
 
 
@@ -66,6 +79,7 @@ def complete_config(cfg, world_size=None):
     for loader in DATALOADERS:
         if cfg.get(loader):
             set_sampler_batch_size(cfg[loader], loader)
+    fill_strategy_settings(cfg)
     if world_size is None:
         world_size = world_size_from_env()
     set_gradient_accumulation(cfg, world_size)
@@ -148,9 +162,8 @@ def set_gradient_accumulation(cfg, world_size):
             f'process(es) = {per_step}. Change global_batch_size, '
             'train_dataloader.batch_size or the number of processes.')
     counts = global_batch // per_step
-    strategy = cfg.get('strategy') or {}
-    if str(strategy.get('type', '')).endswith('DeepSpeedStrategy'):
-        strategy['gradient_accumulation_steps'] = counts
+    if strategy_kind(cfg) == 'deepspeed':
+        cfg['strategy']['gradient_accumulation_steps'] = counts
     elif cfg.get('optim_wrapper') is not None:
         cfg['optim_wrapper']['accumulative_counts'] = counts
     return counts
