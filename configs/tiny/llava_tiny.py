@@ -87,6 +87,9 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', by_epoch=False,
                     interval=max_iters, max_keep_ckpts=1))
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
+# The trained encoder's last layer and post-LayerNorm get no gradient (the
+# connector reads layer -2): DDP must look for unused parameters.
+find_unused_parameters = True
 randomness = dict(seed=0)
 visualizer = dict(type='Visualizer',
                   vis_backends=[dict(type='LocalVisBackend')])

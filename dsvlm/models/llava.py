@@ -146,11 +146,32 @@ class LlavaModel(BaseModel):
             max_length=self.max_length, padding_side=padding_side,
             sample_ids=sample_ids)
 
-    def _encode_if_images(self, inputs) -> Optional[VisualFeatures]:
+    def _encode_if_images(self, inputs) -> VisualFeatures:
+        """The batch's visual features; a batch without any image encodes
+        one placeholder image (``has_image`` False) instead.
+
+        Every rank must run the same modules on every step: sharded engines
+        (DeepSpeed ZeRO-3, FSDP) gather each module's parameters in its
+        forward, and a rank that skipped the encoder (or a supervisor) while
+        another ran it would hang both.  The placeholder's features reach
+        the loss with weight zero only.
+        """
         pixel_values = inputs.get('pixel_values')
         if pixel_values is None:
-            return None
+            return self.encode_images(
+                self._placeholder_images(inputs['input_ids'].device),
+                torch.zeros(1, dtype=torch.bool,
+                            device=inputs['input_ids'].device))
         return self.encode_images(pixel_values, inputs.get('has_image'))
+
+    def _placeholder_images(self, device) -> torch.Tensor:
+        size = getattr(self.vision_encoder, 'image_size', None)
+        if size is None:
+            raise AttributeError(
+                f'{type(self.vision_encoder).__name__} has no `image_size`: '
+                'a batch without images encodes a placeholder image of that '
+                'size (every rank runs the encoder on every step)')
+        return torch.zeros(1, 3, size, size, device=device)
 
     def _llm_forward(self, inputs, data_samples, features=None):
         if features is None:
@@ -158,7 +179,7 @@ class LlavaModel(BaseModel):
         spliced = self._splice(inputs, data_samples, features, 'right')
         out = self.llm(spliced.inputs_embeds, spliced.attention_mask,
                        labels=spliced.labels)
-        if features is not None and out.loss is not None:
+        if out.loss is not None:
             # Keep every trainable visual parameter in the graph when the
             # batch has text-only rows (or no image): DDP needs all grads.
             out.loss = out.loss + 0. * features.connector_output.sum()
@@ -169,8 +190,8 @@ class LlavaModel(BaseModel):
         losses = dict(loss_lm=self._llm_forward(inputs, data_samples,
                                                 features).loss)
         for supervisor in self.supervisors:
-            if features is None:
-                continue
+            # always called: a batch without images gets zero losses from
+            # the same modules (see _encode_if_images)
             losses.update(supervisor.loss(features, data_samples))
         return losses
 

@@ -107,7 +107,21 @@ class HFCausalLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, inputs_embeds, attention_mask, **generation_kwargs):
-        """Returns only the new token ids (the prompt is given as embeds)."""
+        """Returns only the new token ids (the prompt is given as embeds).
+
+        With several processes every rank keeps stepping until all have
+        finished (``synced_gpus``): under a sharded engine each step
+        gathers parameters on every rank, and transformers only detects
+        DeepSpeed ZeRO-3 and its own FSDP set-up by itself.
+        """
+        generation_kwargs.setdefault('synced_gpus', _world_size() > 1)
         return self.model.generate(inputs_embeds=inputs_embeds,
                                    attention_mask=attention_mask,
                                    **generation_kwargs)
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1

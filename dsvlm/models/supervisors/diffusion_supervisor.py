@@ -182,11 +182,14 @@ class DiffusionSupervisor(nn.Module):
             conds.append(self.adapters[level](hidden[rows]))
         return [c.to(self.unet.dtype) for c in conds]
 
-    def encode_latents(self, images: Tensor) -> Tensor:
+    def encode_latents(self, images: Tensor, sample: bool = True) -> Tensor:
+        """VAE latents of ``images``: a sample of the posterior, or (with
+        ``sample=False``) its mean, drawing no random numbers."""
         trainable = any(p.requires_grad for p in self.vae.encoder.parameters())
         with torch.set_grad_enabled(trainable and torch.is_grad_enabled()):
             dist = self.vae.encode(images).latent_dist
-        return dist.sample() * self.vae_scale
+        latents = dist.sample() if sample else dist.mode()
+        return latents * self.vae_scale
 
     def decode_latents(self, latents: Tensor) -> Tensor:
         return self.vae.decode(latents / self.vae_scale).sample
@@ -207,15 +210,27 @@ class DiffusionSupervisor(nn.Module):
         if rows is None:
             rows = torch.ones(features.pixel_values.shape[0], dtype=torch.bool,
                               device=features.pixel_values.device)
-        if not bool(rows.any()):
-            return self._zero_losses()
-        if self.max_images is not None:
+        placeholder = not bool(rows.any())
+        if placeholder:
+            # No image in the batch: the same modules still run (sharded
+            # engines hang otherwise) on the first row, a placeholder, and
+            # the losses are multiplied by zero.  No random number is drawn,
+            # so the noise of later batches does not depend on how the
+            # text-only batches fell.
+            rows = torch.arange(len(rows), device=rows.device) == 0
+        elif self.max_images is not None:
             rows = rows & (rows.cumsum(0) <= self.max_images)
         target = self.target_images(features.pixel_values[rows])
-        latents = self.encode_latents(target)
-        noise = torch.randn_like(latents)
-        timesteps = torch.randint(*self.timestep_range, (latents.shape[0], ),
-                                  device=latents.device)
+        latents = self.encode_latents(target, sample=not placeholder)
+        if placeholder:
+            noise = torch.zeros_like(latents)
+            timesteps = torch.zeros(latents.shape[0], dtype=torch.long,
+                                    device=latents.device)
+        else:
+            noise = torch.randn_like(latents)
+            timesteps = torch.randint(*self.timestep_range,
+                                      (latents.shape[0], ),
+                                      device=latents.device)
         x_t = self.scheduler.add_noise(latents, noise, timesteps)
         predict = self._unet(self.conditions(features, rows))
         model_output = predict(x_t, timesteps)
@@ -234,16 +249,11 @@ class DiffusionSupervisor(nn.Module):
             noise=diffusion_target(self.scheduler, latents, noise,
                                    timesteps).float(),
             noise_pred=model_output.float())
-        if self.keep_last and recon is not None:
+        if self.keep_last and recon is not None and not placeholder:
             self.last_images = dict(target=target.detach().float(),
                                     recon=recon.detach().float())
-        return {k: v * self.loss_weight for k, v in losses.items()}
-
-    def _zero_losses(self) -> Dict[str, Tensor]:
-        """No image in the batch: zero losses that still touch every
-        trainable parameter (DDP expects a gradient for each)."""
-        zero = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.
-        return {key: zero for key in self.recon_loss.log_keys}
+        weight = 0. if placeholder else self.loss_weight
+        return {k: v * weight for k, v in losses.items()}
 
     # ------------------------------------------------------------ insight
     def router_probabilities(self) -> Dict[str, Tensor]:

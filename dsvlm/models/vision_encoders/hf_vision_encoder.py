@@ -71,6 +71,11 @@ class HFVisionEncoder(nn.Module):
         return self.config.hidden_size
 
     @property
+    def image_size(self) -> int:
+        """The side of the square images the tower takes."""
+        return self.config.image_size
+
+    @property
     def num_layers(self) -> int:
         return self.config.num_hidden_layers
 
