@@ -128,7 +128,7 @@ def test_pretrained_pth_loads_stage1_connector(tmp_path):
                     stage2.connector.parameters()):
         assert torch.equal(a, b)
     (tmp_path / 'empty').mkdir()
-    with pytest.raises(FileNotFoundError, match='last_checkpoint'):
+    with pytest.raises(ValueError, match='last_checkpoint'):
         build(pretrained_pth=str(tmp_path / 'empty'))
     with pytest.raises(FileNotFoundError, match='no checkpoint at'):
         build(pretrained_pth=str(tmp_path / 'missing.pth'))

@@ -55,44 +55,95 @@ def inference_state_dict(state_dict: Dict[str, torch.Tensor]
             if not k.startswith(TRAINING_ONLY_PREFIX)}
 
 
+def checkpoint_format(path: str) -> str:
+    """``'plain'`` (a ``.pth`` file), ``'deepspeed'`` (a DeepSpeed
+    checkpoint directory), ``'dcp'`` (a torch.distributed.checkpoint
+    directory, written by FSDP2Strategy) or ``'work_dir'``."""
+    if os.path.isfile(path):
+        return 'plain'
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f'no checkpoint at {path!r}')
+    names = os.listdir(path)
+    if 'last_checkpoint' in names:
+        return 'work_dir'
+    if '.metadata' in names:
+        return 'dcp'
+    if any(n.endswith('model_states.pt') for n in names):
+        return 'deepspeed'
+    raise ValueError(
+        f'{path!r} is a directory but neither a checkpoint (a DeepSpeed '
+        '`*model_states.pt` or a torch.distributed.checkpoint `.metadata` '
+        'is missing) nor a work_dir (no `last_checkpoint` file)')
+
+
 def resolve_checkpoint_path(path: str) -> str:
-    """A checkpoint file, or a work_dir whose ``last_checkpoint`` file names
-    the newest checkpoint (MMEngine writes it at every save)."""
-    path = os.path.expanduser(path)
-    if os.path.isdir(path):
-        pointer = os.path.join(path, 'last_checkpoint')
-        if not os.path.isfile(pointer):
-            raise FileNotFoundError(
-                f'pretrained_pth={path!r} is a directory without a '
-                '`last_checkpoint` file: point it at a checkpoint file or at '
-                'the work_dir of a finished run.')
-        with open(pointer) as f:
+    """A checkpoint (file or sharded directory), or a work_dir whose
+    ``last_checkpoint`` file names the newest checkpoint (MMEngine writes it
+    at every save)."""
+    path = os.path.expanduser(str(path))
+    if os.path.isdir(path) and checkpoint_format(path) == 'work_dir':
+        with open(os.path.join(path, 'last_checkpoint')) as f:
             path = f.read().strip()
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'pretrained_pth: no checkpoint at {path!r}')
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'no checkpoint at {path!r}')
     return path
+
+
+def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    """The model weights of a checkpoint in any format the strategies
+    write (a plain ``.pth``, a DeepSpeed or an FSDP2 directory, or a
+    work_dir's newest), as one plain state dict on the CPU.  A sharded
+    checkpoint is read without a process group, on any number of
+    processes it was written with."""
+    path = resolve_checkpoint_path(path)
+    fmt = checkpoint_format(path)
+    if fmt == 'deepspeed':
+        from dsvlm.engine.strategies.deepspeed_zero import \
+            deepspeed_checkpoint_to_state_dict
+        return deepspeed_checkpoint_to_state_dict(path)
+    if fmt == 'dcp':
+        from dsvlm.engine.strategies.fsdp2 import \
+            fsdp2_checkpoint_to_state_dict
+        return fsdp2_checkpoint_to_state_dict(path)
+    checkpoint = _load_checkpoint(path, map_location='cpu')
+    return checkpoint.get('state_dict', checkpoint)
 
 
 def load_pretrained_pth(model: nn.Module, path: str) -> list:
     """Load the weights of ``path`` that the model has (e.g. the stage-1
-    connector into a stage-2 model).  Returns the loaded keys; fails if the
-    checkpoint shares no key with the model or a shape differs."""
+    connector into a stage-2 model).  ``path`` is any checkpoint
+    :func:`read_state_dict` reads, so stage 2 may start from a stage 1 that
+    ran under another strategy or number of processes.  Returns the loaded
+    keys; fails if the checkpoint shares no key with the model or a shape
+    differs."""
     path = resolve_checkpoint_path(path)
-    checkpoint = _load_checkpoint(path, map_location='cpu')
-    state = checkpoint.get('state_dict', checkpoint)
+    state = read_state_dict(path)
     own = dict(model.named_parameters())
     loaded = [k for k in state if k in own]
     if not loaded:
         raise ValueError(f'pretrained_pth {path!r} shares no weight with the '
                          f'model; its first keys: {list(state)[:5]}')
-    with torch.no_grad():
-        for key in loaded:
-            if own[key].shape != state[key].shape:
-                raise ValueError(
-                    f'pretrained_pth {path!r}: {key} has shape '
-                    f'{tuple(state[key].shape)}, the model has '
-                    f'{tuple(own[key].shape)}')
-            own[key].copy_(state[key])
+    for key in loaded:
+        shape = tuple(getattr(own[key], 'ds_shape', own[key].shape))
+        if shape != tuple(state[key].shape):
+            raise ValueError(
+                f'pretrained_pth {path!r}: {key} has shape '
+                f'{tuple(state[key].shape)}, the model has {shape}')
+        copy_into_parameter(own[key], state[key])
     print_log(f'Loaded {len(loaded)} tensors from {path}: '
               f'{sorted({k.split(".")[0] for k in loaded})}', logger='current')
     return loaded
+
+
+@torch.no_grad()
+def copy_into_parameter(param: nn.Parameter, value: torch.Tensor) -> None:
+    """``param.copy_(value)``, also for a parameter that DeepSpeed ZeRO-3
+    partitioned when transformers built the model under ``zero.Init`` (its
+    local data is then a shard): gathered, written, partitioned again."""
+    if not hasattr(param, 'ds_id'):
+        param.copy_(value)
+        return
+    import deepspeed
+    with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
+        if torch.distributed.get_rank() == 0:
+            param.copy_(value)
