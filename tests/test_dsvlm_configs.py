@@ -206,6 +206,20 @@ def test_leaf_is_llava_plus_the_supervisor(name, monkeypatch):
     # everything else is the LLaVA config, but what DS-VLM trains
     stage2_changes = {} if stage1 else {
         'model.pretrained_pth': f'work_dirs/dsvlm/{pair}_pretrain'}
+    # a smaller per-GPU batch where the supervisor's activations need it
+    # (the memory plan), with the same global batch through accumulation
+    batch = cfg.train_dataloader.batch_size
+    if batch != llava.train_dataloader.batch_size:
+        assert batch in (8, 16)
+        assert batch * cfg.strategy.gradient_accumulation_steps == \
+            cfg.global_batch_size == llava.global_batch_size
+        stage2_changes.update({
+            'train_dataloader.batch_size': batch,
+            'strategy.train_micro_batch_size_per_gpu': batch,
+            'strategy.gradient_accumulation_steps':
+            cfg.global_batch_size // batch})
+        if 'batch_size' in cfg.train_dataloader.sampler:
+            stage2_changes['train_dataloader.sampler.batch_size'] = batch
     lr_mult = 0.02 if stage1 else 0.1
     assert {k: v for k, v in differences(cfg, llava).items()
             if not k.startswith(('model.supervisors', 'diffusion_supervisor'))

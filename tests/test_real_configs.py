@@ -160,11 +160,14 @@ def test_config_follows_the_llava_recipe(name):
     # hyper-parameters
     optimizer = cfg.optim_wrapper.optimizer
     assert optimizer.type == 'AdamW' and optimizer.weight_decay == 0
-    assert cfg.optim_wrapper.dtype == 'bfloat16'
+    # bf16 and accumulation as the default strategy (DeepSpeed) takes them
+    assert cfg.strategy.bf16 == dict(enabled=True)
+    assert cfg.strategy.zero_optimization.stage == (2 if stage1 else 3)
     lr, batch = (1e-3, 256) if stage1 else (2e-4 if lora else 2e-5, 128)
     assert optimizer.lr == lr
     assert cfg.global_batch_size == batch
-    assert (cfg.optim_wrapper.accumulative_counts * loader.batch_size == batch)
+    assert (cfg.strategy.gradient_accumulation_steps * loader.batch_size ==
+            batch)
     assert cfg.train_cfg == dict(type='EpochBasedTrainLoop', max_epochs=1)
     assert cfg.val_dataloader is None and cfg.val_cfg is None
     if stage1:
@@ -194,7 +197,7 @@ def test_config_follows_the_llava_recipe(name):
 def test_global_batch_is_kept_across_process_counts():
     for world_size, counts in ((1, 8), (2, 4), (8, 1)):
         cfg = load_config(config_path('clip_vicuna7b_pretrain'),
-                          launcher='none')
+                          launcher='none', strategy='ddp')
         set_gradient_accumulation(cfg, world_size)
         assert cfg.optim_wrapper.accumulative_counts == counts
 

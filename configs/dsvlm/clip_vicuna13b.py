@@ -14,3 +14,6 @@ model = dict(
 optim_wrapper = dict(
     paramwise_cfg=dict(custom_keys={'vision_encoder': dict(lr_mult=0.1)}))
 work_dir = 'work_dirs/dsvlm/clip_vicuna13b'
+# the per-GPU batch that fits 80 GB under the default strategy (memory
+# plan: tools/inspect_model.py CONFIG --gpus 8); the global batch (128) stays
+train_dataloader = dict(batch_size=8)

@@ -5,6 +5,10 @@ _base_ = [
     '../_base_/datasets/llava_pretrain.py',
     '../_base_/schedules/pretrain.py',
     '../_base_/default_runtime.py',
+    '../_base_/strategies/deepspeed_zero2.py',
 ]
 
 model = dict(vision_encoder=_base_.vision_encoder, llm=_base_.llm)
+# the per-GPU batch that fits 80 GB under the default strategy (memory
+# plan: tools/inspect_model.py CONFIG --gpus 8); the global batch (256) stays
+train_dataloader = dict(batch_size=16)

@@ -5,6 +5,7 @@ _base_ = [
     '../_base_/datasets/llava_instruct.py',
     '../_base_/schedules/instruct.py',
     '../_base_/default_runtime.py',
+    '../_base_/strategies/deepspeed_zero3.py',
 ]
 
 model = dict(

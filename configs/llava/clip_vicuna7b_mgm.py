@@ -6,6 +6,7 @@ _base_ = [
     '../_base_/datasets/mini_gemini_instruct.py',
     '../_base_/schedules/instruct.py',
     '../_base_/default_runtime.py',
+    '../_base_/strategies/deepspeed_zero3.py',
 ]
 
 model = dict(

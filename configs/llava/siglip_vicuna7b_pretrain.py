@@ -5,6 +5,7 @@ _base_ = [
     '../_base_/datasets/llava_pretrain.py',
     '../_base_/schedules/pretrain.py',
     '../_base_/default_runtime.py',
+    '../_base_/strategies/deepspeed_zero2.py',
 ]
 
 model = dict(vision_encoder=_base_.vision_encoder, llm=_base_.llm)
