@@ -7,7 +7,8 @@ fails with unreduced gradients instead.  Here rank 0 only ever sees image
 samples and rank 1 only text-only ones, on the tiny DS-VLM (encoder,
 connector, LLM and supervisor all train):
 
-* the 2-process run finishes under each strategy that runs on a CPU, and
+* the 2-process run finishes under the sharded engines (FSDP2 and
+  DeepSpeed ZeRO-3, which would hang otherwise), and
 * ends with the weights and losses of one process that accumulates the
   same samples (global batch 4 = 1 process x 4 micro-batches = 2 processes
   x 2 micro-batches).
@@ -207,7 +208,9 @@ def single_process(mixed_config):
 # another order (accumulation vs all-reduce), so the weights agree to
 # rounding: AdamW's first steps move each weight by about lr = 5e-4, and the
 # rounding of the gradient sums changes that by far less than 1e-6.
-STRATEGIES = [('ddp', 1e-6), ('fsdp', 1e-6)]
+# DDP is left out: it tolerates a skipped module (find_unused_parameters),
+# and its accumulation is tested in test_train_tool.py.
+STRATEGIES = [('fsdp', 1e-6), ('deepspeed_zero3', 1e-6)]
 
 
 @pytest.mark.parametrize('strategy, atol', STRATEGIES)
