@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Install dsvlm and its tested dependency set into the current Python.
 #
-#   bash tools/install.sh [--with-deepspeed]
+#   bash tools/install.sh [--no-deepspeed]
 #
 # 1. torch==2.13.0, unless a torch is already importable (e.g. your CUDA
 #    build); either way that torch is pinned so nothing replaces it;
-# 2. dsvlm in editable mode with the test extras (and deepspeed if asked);
+# 2. dsvlm in editable mode with the test extras and deepspeed (the ZeRO
+#    strategies; --no-deepspeed leaves it out, and its tests are skipped);
 # 3. lpips==0.1.4 without its dependencies (they would pull torchvision and,
 #    with it, another torch).
 # PYTHON selects the interpreter (default: python).
@@ -14,13 +15,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 TORCH_VERSION=2.13.0
-EXTRAS=tests
+EXTRAS=tests,deepspeed
 
 for arg in "$@"; do
     case $arg in
-        --with-deepspeed) EXTRAS=tests,deepspeed ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
-        *) echo "unknown argument: $arg (valid: --with-deepspeed)" >&2; exit 2 ;;
+        --with-deepspeed) EXTRAS=tests,deepspeed ;;  # the default
+        --no-deepspeed) EXTRAS=tests ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $arg (valid: --no-deepspeed)" >&2; exit 2 ;;
     esac
 done
 
@@ -41,6 +43,16 @@ echo "torch==${installed%%+*}" >> "$constraints"
 
 "$PYTHON" -m pip install -c "$constraints" -e ".[$EXTRAS]"
 "$PYTHON" -m pip install --no-deps lpips==0.1.4
+if [ "$EXTRAS" = tests,deepspeed ]; then
+    # DeepSpeed compiles its CPU communication op on first use (about a
+    # minute); do it here rather than in the first training run
+    "$PYTHON" - <<'PY'
+import torch
+if not torch.cuda.is_available():
+    from deepspeed.accelerator import get_accelerator
+    get_accelerator().create_op_builder('ShareMemCommBuilder').load()
+PY
+fi
 "$PYTHON" - <<'PY'
 import torch, mmengine, transformers
 print(f'dsvlm installed: torch {torch.__version__}, mmengine '
