@@ -19,6 +19,7 @@ constant: MMEngine steps schedulers per micro-batch, which differs between
 the two layouts.
 """
 import json
+import os
 import os.path as osp
 import subprocess
 import sys
@@ -28,7 +29,7 @@ import torch
 from mmengine.registry import init_default_scope
 
 from dsvlm.datasets.tiny.shapes import ensure_shapes_world
-from dsvlm.models.checkpoint import read_state_dict
+from dsvlm.models.checkpoint import checkpoint_format, read_state_dict
 from dsvlm.registry import MODELS
 from model_factory import tiny_supervisor_cfg, tiny_vlm_cfg
 
@@ -151,7 +152,6 @@ def mixed_config(tmp_path_factory):
 
 
 def _env():
-    import os
     env = dict(os.environ)
     env['PYTHONPATH'] = os.pathsep.join([ROOT, osp.join(ROOT, 'tests')])
     env['CUDA_VISIBLE_DEVICES'] = ''
@@ -213,13 +213,25 @@ def single_process(mixed_config):
 STRATEGIES = [('fsdp', 1e-6), ('deepspeed_zero3', 1e-6)]
 
 
+@pytest.fixture(scope='module')
+def two_processes(mixed_config):
+    """2 processes x 2 accumulated micro-batches x 2 optimizer steps."""
+    root, config = mixed_config
+    runs = {}
+
+    def run(strategy):
+        if strategy not in runs:
+            runs[strategy] = _run(config, root / strategy, 2,
+                                  iters=SAMPLES // 2, strategy=strategy)
+        return runs[strategy]
+
+    return run
+
+
 @pytest.mark.parametrize('strategy, atol', STRATEGIES)
 def test_text_only_rank_and_image_rank_train_like_one_process(
-        mixed_config, single_process, strategy, atol):
-    root, config = mixed_config
-    # 2 processes x 2 accumulated micro-batches x 2 optimizer steps
-    state, (losses0, losses1) = _run(config, root / strategy, 2,
-                                     iters=SAMPLES // 2, strategy=strategy)
+        mixed_config, single_process, two_processes, strategy, atol):
+    state, (losses0, losses1) = two_processes(strategy)
     reference, (single_losses, ) = single_process(strategy)
     assert sorted(state) == sorted(reference)
     assert any(k.startswith('supervisors.0.') for k in state)
@@ -231,3 +243,51 @@ def test_text_only_rank_and_image_rank_train_like_one_process(
     # (images), rank 1 samples 1, 3, 5, 7 (text only)
     interleaved = [x for pair in zip(losses0, losses1) for x in pair]
     assert interleaved == pytest.approx(single_losses, rel=1e-5)
+
+
+# --- the same 2-process FSDP2 checkpoint, converted and read by stage 2 ---
+def test_fsdp2_checkpoint_converts_and_starts_stage2_in_one_process(
+        mixed_config, two_processes, tmp_path):
+    """Sharded checkpoints become plain ones, and a stage 2 starts from a
+    stage 1 that ran under another strategy and number of processes.  The
+    reference is torch.distributed.checkpoint's own converter."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    from dsvlm.engine.config import load_config
+    from tool_loader import load_tool
+    root, _ = mixed_config
+    two_processes('fsdp')
+    work_dir = root / 'fsdp'
+    newest = open(work_dir / 'last_checkpoint').read().strip()
+    assert checkpoint_format(newest) == 'dcp'
+    assert len([f for f in os.listdir(newest) if f.endswith('.distcp')]) == 2
+    dcp_to_torch_save(newest, str(tmp_path / 'whole.pt'))
+    reference = torch.load(tmp_path / 'whole.pt', map_location='cpu',
+                           weights_only=False)['state_dict']
+
+    out = tmp_path / 'plain.pth'
+    load_tool('convert_checkpoint').main([str(work_dir), str(out)])
+    plain = torch.load(out, map_location='cpu', weights_only=False)
+    assert plain['meta']['source_format'] == 'dcp'
+    assert sorted(plain['state_dict']) == sorted(reference)
+    for key, value in reference.items():
+        assert torch.equal(plain['state_dict'][key], value), key
+    load_tool('convert_checkpoint').main([str(work_dir), str(out),
+                                          '--inference'])
+    inference = torch.load(out, map_location='cpu', weights_only=False)
+    assert not any(k.startswith('supervisors.')
+                   for k in inference['state_dict'])
+
+    # a LLaVA stage 2 (no supervisor) from the DS-VLM work_dir, 1 process
+    cfg = load_config(osp.join(ROOT, 'configs/tiny/llava_tiny.py'))
+    cfg.merge_from_dict(dict(model=dict(pretrained_pth=str(work_dir),
+                                        tokenizer=None)))
+    init_default_scope('dsvlm')
+    torch.manual_seed(321)  # another initialisation than stage 1's
+    stage2 = MODELS.build(cfg.model)
+    for prefix in ('connector.', 'vision_encoder.'):
+        names = [k for k in reference if k.startswith(prefix)]
+        assert names
+        for key in names:
+            assert torch.equal(stage2.get_parameter(key).detach(),
+                               reference[key]), key
