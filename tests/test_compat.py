@@ -11,6 +11,7 @@ from mmengine.registry import DefaultScope
 from mmengine.runner import FlexibleRunner
 from torch import nn
 
+from ports import free_port
 from dsvlm.engine import compat
 
 compat.apply_mmengine_patches()
@@ -24,18 +25,11 @@ def torchrun_env(monkeypatch):
     """The environment torchrun gives a single process."""
     for key, value in dict(RANK='0', LOCAL_RANK='0', WORLD_SIZE='1',
                            MASTER_ADDR='127.0.0.1',
-                           MASTER_PORT=str(_free_port())).items():
+                           MASTER_PORT=str(free_port())).items():
         monkeypatch.setenv(key, value)
     yield
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def _free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def test_apply_is_idempotent():

@@ -12,7 +12,6 @@ at different points of the random stream.
 import os
 import os.path as osp
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -28,6 +27,8 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 from torch.distributed.tensor import DTensor
 
+from ports import free_port
+from test_tiny_world_training import world_options as tiny_world_options
 from dsvlm.engine.config import load_config
 from dsvlm.engine.strategies.fsdp2 import (EXTRA_STATE_FILE, FSDP2Strategy,
                                            fsdp2_checkpoint_to_state_dict)
@@ -36,7 +37,6 @@ from dsvlm.registry import MODELS
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = 'configs/tiny/llava_tiny.py'
-WORLD = dict(num_images_train=48, num_images_test=8, num_text_only=4)
 ITERS, STOP = 4, 2
 # fp32 on both sides; what differs is the order of the sums: DDP all-reduces
 # whole gradients, FSDP2 reduce-scatters shards (and the clip norm is a sum
@@ -47,34 +47,17 @@ ATOL = 1e-6
 
 
 def world_options(data_root, init):
-    opts = [f'tokenizer.data_root={data_root}']
-    opts += [f'tokenizer.{k}={v}' for k, v in WORLD.items()]
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        opts.append(f'{loader}.dataset.data_root={data_root}')
-        opts += [f'{loader}.dataset.world.{k}={v}' for k, v in WORLD.items()]
-    return opts + [
-        f'train_cfg.max_iters={ITERS}', f'train_cfg.val_interval={ITERS}',
-        'train_dataloader.batch_size=4', 'val_dataloader.batch_size=8',
+    return tiny_world_options(data_root, ITERS) + [
         # gradient accumulation over 2 micro-steps: 2 optimizer steps
         'optim_wrapper.accumulative_counts=2',
-        # TrainableOptimWrapperConstructor (what --strategy fsdp sets) hands
-        # the optimizer the tied embedding/LM-head weight twice; MMEngine's
-        # default constructor, as the DDP run uses, does not
-        'optim_wrapper.constructor=DefaultOptimWrapperConstructor',
         f'default_hooks.checkpoint.interval={STOP}',
         'default_hooks.checkpoint.max_keep_ckpts=2',
         'default_hooks.logger.interval=1', f'load_from={init}']
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def _dist_train(work_dir, options, *args):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='1',
-               PORT=str(_free_port()), PYTHON=sys.executable)
+               PORT=str(free_port()), PYTHON=sys.executable)
     env['PYTHONPATH'] = os.pathsep.join(
         [REPO, osp.join(REPO, 'tests')] +
         [p for p in [env.get('PYTHONPATH')] if p])

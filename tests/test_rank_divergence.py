@@ -28,6 +28,7 @@ import pytest
 import torch
 from mmengine.registry import init_default_scope
 
+from ports import free_port
 from dsvlm.datasets.tiny.shapes import ensure_shapes_world
 from dsvlm.models.checkpoint import checkpoint_format, read_state_dict
 from dsvlm.registry import MODELS
@@ -159,13 +160,6 @@ def _env():
     return env
 
 
-def _free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return str(s.getsockname()[1])
-
-
 def _run(config, work_dir, processes, iters, strategy=None):
     args = [config, '--work-dir', str(work_dir)]
     if strategy:
@@ -177,7 +171,7 @@ def _run(config, work_dir, processes, iters, strategy=None):
         cmd = ['bash', 'tools/dist_train.sh', config, str(processes),
                *args[1:]]
     env = _env()
-    env.update(PORT=_free_port(), PYTHON=sys.executable)
+    env.update(PORT=str(free_port()), PYTHON=sys.executable)
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]

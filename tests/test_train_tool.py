@@ -5,7 +5,6 @@ never from the runner.
 """
 import os
 import os.path as osp
-import socket
 import subprocess
 import sys
 
@@ -13,6 +12,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
+from ports import free_port
 from tool_loader import load_tool
 from toy_modules import toy_initial_weights, toy_samples, write_toy_config
 
@@ -70,12 +70,6 @@ def _train(config, work_dir, *args):
 
 def _state(work_dir, rank=0):
     return torch.load(osp.join(work_dir, f'state_rank{rank}.pth'))
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def _sgd_reference(steps, batch, lr):
@@ -160,7 +154,7 @@ def test_two_process_cpu_training_synchronises_gradients(tmp_path):
     dist_log, single_log = tmp_path / 'dist.log', tmp_path / 'single.log'
     dist_run = _start(['bash', 'tools/dist_train.sh', config, '2',
                        '--work-dir', str(tmp_path / 'dist')], dist_log,
-                      PORT=str(_free_port()), PYTHON=sys.executable)
+                      PORT=str(free_port()), PYTHON=sys.executable)
     single = _start(_train(config, tmp_path / 'single'), single_log)
     _finish(dist_run, dist_log, timeout=120)
     _finish(single, single_log)
