@@ -8,7 +8,9 @@
 # 2. dsvlm in editable mode with the test extras and deepspeed (the ZeRO
 #    strategies; --no-deepspeed leaves it out, and its tests are skipped);
 # 3. lpips==0.1.4 without its dependencies (they would pull torchvision and,
-#    with it, another torch).
+#    with it, another torch);
+# 4. llava-torch==1.2.2.post1 (the official LLaVA code) without its
+#    dependencies (pinned torch/transformers): a test-only reference.
 # PYTHON selects the interpreter (default: python).
 set -euo pipefail
 
@@ -21,7 +23,7 @@ for arg in "$@"; do
     case $arg in
         --with-deepspeed) EXTRAS=tests,deepspeed ;;  # the default
         --no-deepspeed) EXTRAS=tests ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg (valid: --no-deepspeed)" >&2; exit 2 ;;
     esac
 done
@@ -43,6 +45,10 @@ echo "torch==${installed%%+*}" >> "$constraints"
 
 "$PYTHON" -m pip install -c "$constraints" -e ".[$EXTRAS]"
 "$PYTHON" -m pip install --no-deps lpips==0.1.4
+# Test-only reference, never imported by dsvlm: the official LLaVA prompt
+# code that tests/llava_reference.py loads file by file (tests that need it
+# skip without it). Its dependencies would replace torch and transformers.
+"$PYTHON" -m pip install --no-deps llava-torch==1.2.2.post1
 if [ "$EXTRAS" = tests,deepspeed ]; then
     # DeepSpeed compiles its CPU communication op on first use (about a
     # minute); do it here rather than in the first training run

@@ -36,6 +36,7 @@ PROBLEM_KINDS = (
     'missing_image',  # the image file does not exist
     'unreadable_image',  # the image file exists but does not decode
     'over_length',  # tokenised sample longer than max_length
+    'unlocated_answer',  # an answer is not a whole number of tokens
 )
 
 

@@ -17,7 +17,8 @@ from .errors import DataError, DataProblem
 from .image_processing import (ASPECT_RATIOS, build_image_processor,
                                preprocess_image)
 from .templates import get_template
-from .tokenization import tokenize_segments
+from .tokenization import (ImageTruncatedError, SupervisionError,
+                           tokenize_segments)
 from .tokenizers import build_tokenizer
 
 
@@ -177,8 +178,12 @@ class LlavaDataset(Dataset):
         try:
             tokens = tokenize_segments(segments, self.tokenizer,
                                        self.template.add_bos, self.max_length)
-        except ValueError as e:
+        except ImageTruncatedError as e:
             raise DataError([self._problem(idx, 'over_length', str(e))]) from e
+        except SupervisionError as e:
+            raise DataError([self._problem(
+                idx, 'unlocated_answer',
+                f'{e} (template {self.template.name!r})')]) from e
         return tokens, segments, gt_answer
 
     def __getitem__(self, idx) -> dict:

@@ -6,11 +6,12 @@ A template turns a normalised LLaVA ``conversations`` list (alternating
 :class:`Segment` s.  Only what the assistant says is supervised: its answer
 and the end-of-turn string after it, exactly as LLaVA masks its targets.
 
-Where the supervised text starts matters for segment-wise tokenisation.
-``vicuna_v1`` writes ``ASSISTANT: answer</s>``; the space belongs to the
-answer segment (``" answer</s>"``), because both a byte-level BPE
-(``Ġanswer``) and Llama's SentencePiece (``▁answer``) put that space into
-the answer's first token, and LLaVA supervises that token.
+The conversation is tokenised as one string
+(:mod:`dsvlm.datasets.tokenization`); segments only mark which characters
+are supervised.  ``vicuna_v1`` writes ``ASSISTANT: answer</s>``; the space
+belongs to the answer segment (``" answer</s>"``), because both a
+byte-level BPE (``Ġanswer``) and Llama's SentencePiece (``▁answer``) put
+that space into the answer's first token, and LLaVA supervises that token.
 
 Templates:
 
@@ -21,7 +22,8 @@ Templates:
 * ``llama3`` (LLaVA-NeXT's ``conv_llava_llama_3``, whose system prompt it
   uses): header tokens, ``<|eot_id|>`` ends a turn, the text starts with
   ``<|begin_of_text|>`` written into the template (Llama-3's own chat template
-  does the same), so the tokenizer's BOS is not added again.
+  does the same), so the tokenizer's BOS is not added again; every turn is
+  stripped, as Llama-3-Instruct's template trims it.
 * ``qwen2`` (ChatML, LLaVA-NeXT's ``conv_qwen``): ``<|im_start|>role\\n...
   <|im_end|>\\n``; the ``\\n`` after ``<|im_end|>`` is not supervised; no BOS.
 """
@@ -68,6 +70,7 @@ class ConversationTemplate:
     turn_suffix: str = ''  # unsupervised text after ``stop_str``
     add_bos: bool = False  # prepend the tokenizer's BOS token
     image_only_prompt: bool = False  # ``plain``: the question becomes <image>
+    strip_content: bool = False  # strip each turn (Llama-3's ``| trim``)
 
     def segments(self, conversations: List[dict]) -> List[Segment]:
         """Segments of a whole conversation (training)."""
@@ -94,6 +97,8 @@ class ConversationTemplate:
 
     def _rounds(self, conversations: List[dict]) -> List[Tuple[str, str]]:
         rounds = _rounds(conversations)
+        if self.strip_content:
+            rounds = [(q.strip(), a.strip()) for q, a in rounds]
         if self.image_only_prompt and len(rounds) > 1:
             raise ValueError(f'the {self.name!r} template takes one '
                              f'human/gpt round, got {len(rounds)}')
@@ -138,7 +143,7 @@ LLAMA3 = ConversationTemplate(
     user_prefix='<|start_header_id|>user<|end_header_id|>\n\n',
     user_suffix='<|eot_id|>',
     assistant_prefix='<|start_header_id|>assistant<|end_header_id|>\n\n',
-    answer_prefix='', stop_str='<|eot_id|>')
+    answer_prefix='', stop_str='<|eot_id|>', strip_content=True)
 
 QWEN2 = ConversationTemplate(
     name='qwen2',

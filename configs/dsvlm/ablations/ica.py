@@ -1,2 +1,0 @@
-# Table 5, ICA: MoE / independent cross-attention, the default: = ts_is_all.py.
-_base_ = ['./ts_is_all.py']

@@ -1,6 +1,0 @@
-# Table 3, IS-all: encoder layers 8, 16 and 24 (no connector output).
-_base_ = ['./ts_is_all.py']
-
-model = dict(supervisors=[
-    dict(_base_.diffusion_supervisor, text_feature=False,
-         image_layers=dict(low=8, mid=16, high=24))])
