@@ -132,10 +132,11 @@ def chat_messages(convs, system=None):
     return messages
 
 
-def chat_template_ids(tokenizer, messages):
+def chat_template_ids(tokenizer, messages, add_generation_prompt=False):
     """transformers' rendering, tokenised as a whole; ``<image>`` splits the
     string into the image token (as the LLaVA processors expand it)."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    text = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     ids = []
     for k, piece in enumerate(text.split('<image>')):
         if k:
@@ -190,6 +191,47 @@ def test_chat_templates_equal_apply_chat_template(tmp_path, template, name):
         # start is the answer's first token
         assert decoded.endswith(expected)
         assert decoded[:-len(expected)].strip() == ''
+
+
+# ---------------------------------------------------- generation prompts
+def eval_dataset(tmp_path, recs, tokenizer, template):
+    ann = tmp_path / 'test.json'
+    ann.write_text(json.dumps(recs))
+    return LlavaDataset(ann_file=str(ann), image_folder=str(tmp_path),
+                        tokenizer=tokenizer, image_processor=None,
+                        template=template, test_mode=True)
+
+
+@pytest.mark.parametrize('name', ['one_round', 'multi_turn', 'unicode'])
+def test_vicuna_v1_generation_prompt_equals_llava_evaluation(tmp_path, name):
+    """LLaVA's evaluation (model_vqa.py): the last assistant message None,
+    ``conv.get_prompt()`` ends in ``ASSISTANT:``, then
+    ``tokenizer_image_token``."""
+    ref = llava_reference_or_skip()
+    tokenizer = llama_tokenizer()
+    image, convs = CONVERSATIONS[name]
+    ds = eval_dataset(tmp_path, records({name: (image, convs)}), tokenizer,
+                   'vicuna_v1')
+    conv = ref.conv_vicuna_v1.copy()
+    for turn in ref.preprocess_multimodal(convs)[:-1]:
+        conv.append_message(conv.roles[turn['from'] == 'gpt'], turn['value'])
+    conv.append_message(conv.roles[1], None)
+    assert ds.tokenize(0)[0].input_ids == list(
+        ref.tokenizer_image_token(conv.get_prompt(), tokenizer))
+
+
+@pytest.mark.parametrize('template', sorted(CHAT))
+@pytest.mark.parametrize('name', ['one_round', 'multi_turn', 'text_only'])
+def test_chat_generation_prompt_equals_add_generation_prompt(
+        tmp_path, template, name):
+    build, system, _, _ = CHAT[template]
+    tokenizer = build()
+    image, convs = CONVERSATIONS[name]
+    ds = eval_dataset(tmp_path, records({name: (image, convs)}), tokenizer,
+                   template)
+    messages = chat_messages(moved_image(convs, image)[:-1], system)
+    assert ds.tokenize(0)[0].input_ids == chat_template_ids(
+        tokenizer, messages, add_generation_prompt=True)
 
 
 # ------------------------------------------------------------ never silent
