@@ -18,6 +18,8 @@ def tiny_vlm_cfg(encoder_mode='full', llm_mode='full', **overrides):
         connector=dict(type='MLPConnector', depth=2),
         llm=dict(type='HFCausalLM', config=copy.deepcopy(TINY_LLAMA),
                  train_mode=llm_mode),
+        # OpenAI CLIP's normalisation, which supervisors undo
+        image_processor=dict(type='clip_image_processor', image_size=32),
     )
     if encoder_mode == 'lora':
         cfg['vision_encoder']['lora_cfg'] = dict(

@@ -12,11 +12,13 @@ from model_factory import tiny_supervisor_cfg, tiny_vlm_cfg
 init_default_scope('dsvlm')
 
 
-def build(encoder_mode='full', **sup):
+def build(encoder_mode='full', image_processor='default', **sup):
     torch.manual_seed(0)
-    return MODELS.build(tiny_vlm_cfg(encoder_mode=encoder_mode,
-                                     llm_mode='frozen',
-                                     supervisors=[tiny_supervisor_cfg(**sup)]))
+    cfg = tiny_vlm_cfg(encoder_mode=encoder_mode, llm_mode='frozen',
+                       supervisors=[tiny_supervisor_cfg(**sup)])
+    if image_processor != 'default':
+        cfg['image_processor'] = image_processor
+    return MODELS.build(cfg)
 
 
 def batch(has_image=(True, True)):
@@ -100,14 +102,47 @@ def test_clean_latent_estimate_matches_diffusers_step(prediction_type):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
 
 
-def test_target_image_undoes_the_encoder_normalisation():
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def normalized(images, mean, std):
+    return (images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(
+        std).view(1, 3, 1, 1)
+
+
+def test_target_image_undoes_the_image_processors_normalisation():
+    """The model's image processor (tiny_vlm_cfg: OpenAI CLIP's) tells the
+    supervisor what to undo; no config restates it."""
     model = build()
     sup = model.supervisors[0]
-    images = torch.rand(2, 3, 16, 16)
-    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
-    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
-    target = sup.target_images((images - mean) / std)
-    torch.testing.assert_close(target, images * 2 - 1, rtol=0, atol=1e-5)
+    images = torch.rand(2, 3, 32, 32)
+    features = model.encode_images(normalized(images, OPENAI_MEAN,
+                                              OPENAI_STD))
+    assert features.image_mean == pytest.approx(OPENAI_MEAN)
+    target = sup.target_images(features, torch.tensor([True, False]))
+    expected = torch.nn.functional.interpolate(
+        images, size=(16, 16), mode='bilinear', antialias=True) * 2 - 1
+    torch.testing.assert_close(target, expected[:1], rtol=0, atol=1e-5)
+    # SigLIP-style processor (mean = std = 0.5), and a supervisor override
+    model = build(image_processor=dict(type='clip_image_processor',
+                                       image_size=32, mean=(0.5, ) * 3,
+                                       std=(0.5, ) * 3))
+    features = model.encode_images(normalized(images, (0.5, ) * 3,
+                                              (0.5, ) * 3))
+    rows = torch.tensor([True, True])
+    torch.testing.assert_close(model.supervisors[0].target_images(
+        features, rows), expected, rtol=0, atol=1e-5)
+    own = build(image_mean=(0.5, ) * 3, image_std=(0.5, ) * 3).supervisors[0]
+    torch.testing.assert_close(own.target_images(features, rows),
+                               model.supervisors[0].target_images(
+                                   features, rows))
+
+
+def test_unknown_normalisation_is_an_error():
+    model = build(image_processor=None)
+    with pytest.raises(ValueError, match='model.image_processor'):
+        model(batch(), None, mode='loss')
 
 
 def test_batch_without_images_gives_zero_recon_loss_touching_every_part():
@@ -123,10 +158,33 @@ def test_batch_without_images_gives_zero_recon_loss_touching_every_part():
 
 
 def test_multi_step_training_and_trajectory():
-    model = build(sampling_steps=3)
-    losses = recon_backward(model)
-    assert torch.isfinite(losses['loss_recon_mae'])
+    steps = 3
+    model = build(sampling_steps=steps, timestep_range=(steps - 1, 1000))
     sup = model.supervisors[0]
+    calls = []  # the timesteps of every UNet forward
+    handle = sup.unet.register_forward_pre_hook(
+        lambda module, args: calls.append(args[1].clone()))
+    losses = recon_backward(model)
+    handle.remove()
+    assert torch.isfinite(losses['loss_recon_mae'])
+    # N UNet passes in all (the diffusion loss's is the first DDIM step),
+    # each row walking down from its own timestep with its own stride
+    assert len(calls) == steps
+    T = sup.scheduler.config.num_train_timesteps
+    for t_i, *rest in zip(*(c.tolist() for c in calls)):
+        stride = T // -(-T * (steps - 1) // t_i)
+        assert rest == [t_i - k * stride for k in range(1, steps)]
+    assert nonzero([p.grad for p in sup.adapters.parameters()])
+    # a batch without images: its placeholder row starts at the lowest
+    # timestep, N - 1 = 2, with stride 1
+    calls.clear()
+    handle = sup.unet.register_forward_pre_hook(
+        lambda module, args: calls.append(args[1].clone()))
+    inputs = batch(has_image=(False, False))
+    inputs['input_ids'] = inputs['input_ids'].clamp(min=0)
+    assert float(model(inputs, None, mode='loss')['loss_recon_mae']) == 0.0
+    handle.remove()
+    assert [c.tolist() for c in calls] == [[2], [1], [0]]
     features = model.encode_images(batch()['pixel_values'])
     snaps = sup.reconstruct(features, num_steps=6, num_snapshots=3)
     assert len(snaps) == 3 and snaps[-1].shape == (2, 3, 16, 16)
@@ -182,6 +240,10 @@ def test_shared_cross_attention_and_qformer_adapter():
     (dict(text_feature=False, image_layers={}), 'no supervision feature'),
     (dict(cross_attention='mixed'), "choose one of moe, shared"),
     (dict(adapter=dict(type='conv')), 'adapter type'),
+    (dict(sampling_steps=0), r'supervisor\.sampling_steps=0 must be'),
+    (dict(sampling_steps=4, timestep_range=(2, 1000)),
+     r'supervisor\.timestep_range=\(2, 1000\) must start at >= 3: set '
+     r'timestep_range=\(3, 1000\)'),
 ])
 def test_bad_supervisor_config_names_the_key(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -195,5 +257,30 @@ def test_max_images_reconstructs_only_the_first_image_rows():
     inputs = batch()
     model(inputs, None, mode='loss')
     assert sup.last_images['target'].shape[0] == 1
-    expected = sup.target_images(inputs['pixel_values'][:1])
+    expected = sup.target_images(model.encode_images(inputs['pixel_values']),
+                                 torch.tensor([True, False]))
     torch.testing.assert_close(sup.last_images['target'], expected)
+
+
+def test_levels_by_name_read_the_encoders_feature_levels():
+    """The tiny CLIP has 3 layers: its default levels are a third, two
+    thirds and all of them; an encoder may state its own."""
+    assert build(image_layers=('low', 'mid', 'high')).supervisors[
+        0].image_layers == dict(low=1, mid=2, high=3)
+    assert build(image_layers=('high', )).supervisors[0].image_layers == \
+        dict(high=3)
+    cfg = tiny_vlm_cfg(supervisors=[tiny_supervisor_cfg(
+        image_layers=('low', 'high'))])
+    cfg['vision_encoder']['feature_levels'] = dict(low=2, high=2)
+    assert MODELS.build(cfg).supervisors[0].image_layers == dict(low=2,
+                                                                 high=2)
+    with pytest.raises(ValueError, match=r"level\(s\) \['mid'\] that the "
+                       'encoder does not define'):
+        MODELS.build(cfg | dict(supervisors=[tiny_supervisor_cfg(
+            image_layers=('mid', ))]))
+    with pytest.raises(ValueError, match='unknown level'):
+        build(image_layers=('top', ))
+    cfg['vision_encoder']['feature_levels'] = dict(low=4)
+    with pytest.raises(ValueError, match=r'vision_encoder.feature_levels='
+                       r".*layers 1..3"):
+        MODELS.build(cfg)

@@ -76,7 +76,8 @@ def main(argv=None):
         features = model.encode_images(pixel_values)
         snapshots = supervisor.reconstruct(features, args.steps,
                                            args.snapshots, seed=args.seed)
-        originals = supervisor.target_images(pixel_values).float()
+        originals = supervisor.target_images(
+            features, torch.ones(len(pixel_values), dtype=torch.bool)).float()
     size = snapshots[0].shape[-2:]
     originals = F.interpolate(originals, size=size, mode='bilinear',
                               align_corners=False)

@@ -90,7 +90,7 @@ LOGIT_BYTES = 4
 # measured: saved tensors per image at 256 px, bf16, flash attention
 SUPERVISOR_MIB_PER_IMAGE = dict(
     conditions=20,  # adapters, MoE keys/values of the features
-    unet=430,  # one UNet pass; x sampling_steps
+    unet=430,  # one UNet pass; x sampling_steps (N-step: N passes in all)
     unet_checkpointed=80,  # block inputs + one block recomputed
     vae_decoder=710,  # the VAE decode the image loss needs
     perceptual=245)  # LPIPS-VGG on prediction and target

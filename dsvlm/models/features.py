@@ -23,12 +23,16 @@ class VisualFeatures:
             ("text-modality" features), ``[B, N', D]``.
         has_image: ``[B]`` bool, False for text-only samples (their
             ``pixel_values`` are placeholders).
+        image_mean, image_std: the normalisation the image processor applied
+            to ``pixel_values`` (per RGB channel), when the model knows it.
     """
     pixel_values: Tensor
     encoder_hidden_states: Tuple[Tensor, ...]
     encoder_tokens: Tensor
     connector_output: Tensor
     has_image: Optional[Tensor] = None
+    image_mean: Optional[Sequence[float]] = None
+    image_std: Optional[Sequence[float]] = None
 
     def encoder_layers(self, layers: Sequence[int]) -> Tuple[Tensor, ...]:
         num = len(self.encoder_hidden_states) - 1

@@ -13,6 +13,7 @@ from .features import VisualFeatures
 from .generation import decode_answers, generation_kwargs
 from .splice import splice_image_features
 from .train_mode import check_train_mode, freeze
+from .vision_encoders.hf_vision_encoder import default_feature_levels
 
 
 @MODELS.register_module()
@@ -26,7 +27,8 @@ class LlavaModel(BaseModel):
         connector_train_mode: ``'full'`` or ``'frozen'``.
         tokenizer: tokenizer config or instance; needed by ``predict``.
         image_processor: the image processor config of the data pipeline;
-            kept (not built) so that exports can ship it with the weights.
+            exports ship it with the weights, and supervisors learn the
+            image normalisation from it (built on first use).
         template: conversation template (a name, or a dict of a name and
             fields to replace, see :func:`~dsvlm.datasets.get_template`);
             its end-of-turn string stops generation.
@@ -77,6 +79,7 @@ class LlavaModel(BaseModel):
         self._tokenizer_cfg = tokenizer
         self._tokenizer = None
         self.image_processor_cfg = image_processor
+        self._image_normalization = None
         self.template = template
         self.max_length = max_length
         self.generation_cfg = {'max_new_tokens': 32,
@@ -88,9 +91,25 @@ class LlavaModel(BaseModel):
 
     def _supervisor_args(self) -> dict:
         """What every supervisor is told about the features it reads."""
+        num_layers = self.vision_encoder.num_layers
+        levels = getattr(self.vision_encoder, 'feature_levels', None)
         return dict(encoder_dim=self.vision_encoder.hidden_size,
                     connector_dim=self.llm.hidden_size,
-                    encoder_num_layers=self.vision_encoder.num_layers)
+                    encoder_num_layers=num_layers,
+                    encoder_levels=dict(
+                        levels or default_feature_levels(num_layers)))
+
+    @property
+    def image_normalization(self):
+        """``(mean, std)`` of the image processor of the data pipeline (the
+        normalisation of ``pixel_values``), or None without one."""
+        if self._image_normalization is None and \
+                self.image_processor_cfg is not None:
+            from dsvlm.datasets.image_processing import build_image_processor
+            processor = build_image_processor(self.image_processor_cfg)
+            self._image_normalization = (tuple(processor.image_mean),
+                                         tuple(processor.image_std))
+        return self._image_normalization
 
     # ------------------------------------------------------------ weights
     def init_weights(self):
@@ -129,11 +148,14 @@ class LlavaModel(BaseModel):
         """Encoder and connector, with every intermediate kept for
         supervisors."""
         tokens, hidden_states = self.vision_encoder(pixel_values)
+        mean, std = (self.image_normalization if len(self.supervisors) else
+                     None) or (None, None)
         return VisualFeatures(pixel_values=pixel_values,
                               encoder_hidden_states=hidden_states,
                               encoder_tokens=tokens,
                               connector_output=self.connector(tokens),
-                              has_image=has_image)
+                              has_image=has_image,
+                              image_mean=mean, image_std=std)
 
     def _splice(self, inputs, data_samples, features, padding_side):
         sample_ids = [s.get('id') for s in data_samples] \

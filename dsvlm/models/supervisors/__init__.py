@@ -3,8 +3,11 @@ features (:class:`dsvlm.models.VisualFeatures`).
 
 A supervisor is an ``nn.Module`` registered in ``SUPERVISORS`` with a
 ``loss(features, data_samples) -> dict`` method.  The VLM builds it with the
-keyword arguments ``encoder_dim``, ``connector_dim`` and
-``encoder_num_layers``, which its ``__init__`` must accept.
+keyword arguments ``encoder_dim``, ``connector_dim``,
+``encoder_num_layers`` and ``encoder_levels`` (the encoder's low/mid/high
+layers, ``{level: layer}``), which its ``__init__`` must accept.  The image
+normalisation of the batch comes with the features (``image_mean``,
+``image_std``).
 """
 from .diffusion_supervisor import DiffusionSupervisor
 from .moe_cross_attention import (MoECrossAttnProcessor,

@@ -14,20 +14,10 @@ from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler,
 
 from ..hf_build import is_architecture_only, resolve_dtype
 
-# The SD-1.5 architecture (config.json of runwayml/stable-diffusion-v1-5).
-SD15_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-    block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768,
-    attention_head_dim=8,
-    down_block_types=('CrossAttnDownBlock2D', 'CrossAttnDownBlock2D',
-                      'CrossAttnDownBlock2D', 'DownBlock2D'),
-    up_block_types=('UpBlock2D', 'CrossAttnUpBlock2D', 'CrossAttnUpBlock2D',
-                    'CrossAttnUpBlock2D'))
-SD15_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
-    block_out_channels=(128, 256, 512, 512), sample_size=512,
-    down_block_types=('DownEncoderBlock2D', ) * 4,
-    up_block_types=('UpDecoderBlock2D', ) * 4, scaling_factor=0.18215)
+# SD-1.5's noise schedule (scheduler_config.json of
+# runwayml/stable-diffusion-v1-5), the default where no `pretrained`
+# directory gives one; the UNet/VAE architectures are written in
+# configs/_base_/supervisors/diffusion_sd15.py only.
 SD15_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085,
                       beta_end=0.012, beta_schedule='scaled_linear',
                       prediction_type='epsilon', clip_sample=False,

@@ -5,32 +5,32 @@ the connector output (text modality) and on low/mid/high encoder layers
 (image modality), each through its own adapter, mixed by the MoE
 cross-attention (ICA) or fed jointly to the UNet's own cross-attention
 (SCA).  The reconstruction is the VAE decode of the one-step clean-latent
-estimate (or of N DDIM steps), and its loss flows straight back into the
-adapters, the new K/V and router, the connector and (when trainable) the
-encoder.  Training only: the VLM's inference never builds this.
+estimate (or of N DDIM steps, each image from its own noise level), and its
+loss flows straight back into the adapters, the new K/V and router, the
+connector and (when trainable) the encoder.  Training only: the VLM's
+inference never builds this.
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dsvlm.datasets.image_processing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from dsvlm.registry import SUPERVISORS
 from ..features import VisualFeatures
 from ..recon_losses import build_recon_loss
 from ..train_mode import apply_train_mode
 from .adapters import build_adapter
 from .denoising import (clean_latent_estimate, ddim_denoise,
-                        diffusion_target)
+                        ddim_denoise_rows, diffusion_target)
 from .diffusion_parts import build_diffusion_parts, ddim_sampler
 from .moe_cross_attention import (install_moe_cross_attention,
                                   router_probabilities)
 from .shared_cross_attention import (install_shared_cross_attention,
                                      pack_branch_features)
+from .supervisor_settings import (IMAGE_LEVELS, check_features,
+                                  check_sampling, resolve_image_layers)
 
-CROSS_ATTENTION_MODES = ('moe', 'shared')
-IMAGE_LEVELS = ('low', 'mid', 'high')
 
 
 @SUPERVISORS.register_module()
@@ -38,50 +38,63 @@ class DiffusionSupervisor(nn.Module):
     """Reconstruct the input image from the VLM's visual features.
 
     Args:
-        encoder_dim, connector_dim, encoder_num_layers: filled in by the VLM.
+        encoder_dim, connector_dim, encoder_num_layers, encoder_levels:
+            filled in by the VLM (``encoder_levels``: the encoder's
+            ``{level: layer}``, e.g. CLIP-L's ``low=8, mid=16, high=24``).
         pretrained: local SD-1.5-style directory (``unet/ vae/ scheduler/``).
         unet, vae, scheduler: architecture configs (random weights) or
             overrides of the scheduler config.
         text_feature: condition on the connector output (TS).
-        image_layers: image-modality features (IS), ``{level: layer}`` with
-            levels among ``low/mid/high`` and 1-based encoder layers; the
-            paper uses ``dict(low=8, mid=16, high=24)`` for CLIP-L.
+        image_layers: image-modality features (IS): level names among
+            ``low/mid/high`` (the encoder's layers for them; the default
+            is all three, the paper's), or ``{level: layer}`` with 1-based
+            encoder layers of one's own.
         cross_attention: ``'moe'`` (ICA, the paper's) or ``'shared'`` (SCA).
         adapter: ``dict(type='mlp', depth=1)`` or ``dict(type='qformer')``.
         loss: RECON_LOSSES config(s); perceptual by default.
         loss_weight: multiplies every reconstruction term.
         image_size: the side the target image is resized to for the VAE
             (a multiple of the VAE's downsampling factor).
-        image_mean, image_std: the encoder processor's normalisation, undone
-            to get the target image.
+        image_mean, image_std: the normalisation undone to get the target
+            image; None (the default): the one the features carry, i.e.
+            the model's image processor's.
         timestep_range: training timesteps are drawn from ``[low, high)``.
         sampling_steps: 1 = one-step clean-latent estimate; N > 1 = N DDIM
-            steps from the sampled timestep, with gradient through all.
+            steps (η = 0), each image from its own sampled timestep ``t_i``
+            with its own stride ``s_i = T // ⌈T (N−1) / t_i⌉`` (``t_i,
+            t_i − s_i, …, t_i − (N−1) s_i``), gradient through all: N UNet
+            passes per image (the first is the diffusion loss's) and N
+            passes of activations unless ``gradient_checkpointing``.  Needs
+            ``timestep_range[0] >= N − 1``.
         max_images: reconstruct at most this many images of each batch
             (the first ones with an image); None = all.  Cuts the cost of
             the supervision roughly in proportion.
         unet_train_mode, vae_train_mode: ``'frozen'`` (the paper) or
             ``'full'`` (only where no pretrained SD exists, e.g. the tiny
             world).
+        gradient_checkpointing: recompute the UNet's blocks in the backward
+            instead of keeping their activations.
     """
 
     def __init__(self,
                  encoder_dim: int,
                  connector_dim: int,
                  encoder_num_layers: int,
+                 encoder_levels: Optional[Dict[str, int]] = None,
                  pretrained: Optional[str] = None,
                  unet: Optional[dict] = None,
                  vae: Optional[dict] = None,
                  scheduler: Optional[dict] = None,
                  text_feature: bool = True,
-                 image_layers: Optional[Dict[str, int]] = None,
+                 image_layers: Union[Sequence[str],
+                                     Dict[str, int]] = IMAGE_LEVELS,
                  cross_attention: str = 'moe',
                  adapter: Optional[dict] = None,
                  loss=None,
                  loss_weight: float = 1.0,
                  image_size: int = 256,
-                 image_mean: Sequence[float] = OPENAI_CLIP_MEAN,
-                 image_std: Sequence[float] = OPENAI_CLIP_STD,
+                 image_mean: Optional[Sequence[float]] = None,
+                 image_std: Optional[Sequence[float]] = None,
                  timestep_range: Tuple[int, int] = (0, 1000),
                  sampling_steps: int = 1,
                  max_images: Optional[int] = None,
@@ -90,13 +103,10 @@ class DiffusionSupervisor(nn.Module):
                  gradient_checkpointing: bool = False,
                  dtype=None):
         super().__init__()
-        image_layers = dict(image_layers if image_layers is not None else
-                            dict(low=8, mid=16, high=24))
-        self._check_features(text_feature, image_layers, encoder_num_layers,
-                             cross_attention)
+        self.image_layers = resolve_image_layers(
+            image_layers, encoder_levels, encoder_num_layers)
+        check_features(text_feature, self.image_layers, cross_attention)
         self.text_feature = text_feature
-        self.image_layers = {k: image_layers[k] for k in IMAGE_LEVELS
-                             if k in image_layers}
         parts = build_diffusion_parts(pretrained, unet, vae, scheduler, dtype)
         self.unet = apply_train_mode(parts.unet, unet_train_mode,
                                      key='supervisor.unet_train_mode')
@@ -122,16 +132,14 @@ class DiffusionSupervisor(nn.Module):
             loss if loss is not None else dict(type='PerceptualReconLoss'))
         self.loss_weight = loss_weight
         self.image_size = image_size
-        self.register_buffer('image_mean', torch.tensor(image_mean).view(
-            1, 3, 1, 1), persistent=False)
-        self.register_buffer('image_std', torch.tensor(image_std).view(
-            1, 3, 1, 1), persistent=False)
-        low, high = timestep_range
-        if not 0 <= low < high <= self.scheduler.config.num_train_timesteps:
-            raise ValueError(f'supervisor.timestep_range={timestep_range} '
-                             'must satisfy 0 <= low < high <= '
-                             f'{self.scheduler.config.num_train_timesteps}')
-        self.timestep_range = (low, high)
+        if (image_mean is None) != (image_std is None):
+            raise ValueError('supervisor: set both image_mean and image_std, '
+                             'or neither (then the features carry them)')
+        self.image_normalization = None if image_mean is None else (
+            tuple(image_mean), tuple(image_std))
+        self.timestep_range = tuple(timestep_range)
+        check_sampling(sampling_steps, self.timestep_range,
+                       self.scheduler.config)
         self.sampling_steps = sampling_steps
         if max_images is not None and max_images < 1:
             raise ValueError(f'supervisor.max_images={max_images} must be '
@@ -140,37 +148,34 @@ class DiffusionSupervisor(nn.Module):
         self.keep_last = False  # set by ReconVisualizationHook
         self.last_images: Optional[Dict[str, Tensor]] = None
 
-    @staticmethod
-    def _check_features(text_feature, image_layers, num_layers, mode):
-        unknown = sorted(set(image_layers) - set(IMAGE_LEVELS))
-        if unknown:
-            raise ValueError(f'supervisor.image_layers: unknown level(s) '
-                             f'{unknown}; use {", ".join(IMAGE_LEVELS)}')
-        for level, layer in image_layers.items():
-            if not 1 <= layer <= num_layers:
-                raise ValueError(
-                    f'supervisor.image_layers.{level}={layer}: the encoder '
-                    f'has layers 1..{num_layers}')
-        if not text_feature and not image_layers:
-            raise ValueError('supervisor: no supervision feature is on; set '
-                             'text_feature=True or image_layers')
-        if mode not in CROSS_ATTENTION_MODES:
-            raise ValueError(f'supervisor.cross_attention={mode!r}; choose '
-                             f'one of {", ".join(CROSS_ATTENTION_MODES)}')
-
     # ------------------------------------------------------------ pieces
     @property
     def vae_scale(self) -> float:
         return self.vae.config.scaling_factor
 
-    def target_images(self, pixel_values: Tensor) -> Tensor:
-        """Undo the encoder normalisation; resize; map to the VAE's [-1, 1]."""
-        images = pixel_values.float() * self.image_std + self.image_mean
+    def target_images(self, features: VisualFeatures, rows: Tensor) -> Tensor:
+        """The images of ``rows`` with the encoder normalisation undone,
+        resized and mapped to the VAE's [-1, 1]."""
+        mean, std = self._normalization(features)
+        images = features.pixel_values[rows].float() * std + mean
         if images.shape[-1] != self.image_size:
             images = F.interpolate(images, size=(self.image_size, ) * 2,
                                    mode='bilinear', align_corners=False,
                                    antialias=True)
         return (images * 2 - 1).clamp(-1, 1).to(self.unet.dtype)
+
+    def _normalization(self, features: VisualFeatures):
+        mean, std = self.image_normalization or (features.image_mean,
+                                                 features.image_std)
+        if mean is None or std is None:
+            raise ValueError(
+                'DiffusionSupervisor: the image normalisation to undo is '
+                'unknown. Give the model the image processor '
+                '(model.image_processor, the top-level `image_processor` of '
+                'a config) or the supervisor image_mean/image_std.')
+        device = features.pixel_values.device
+        return (torch.tensor(mean, device=device).view(1, 3, 1, 1),
+                torch.tensor(std, device=device).view(1, 3, 1, 1))
 
     def conditions(self, features: VisualFeatures, rows: Tensor) -> List[Tensor]:
         """Adapted features, text first, then low/mid/high."""
@@ -216,16 +221,17 @@ class DiffusionSupervisor(nn.Module):
             # engines hang otherwise) on the first row, a placeholder, and
             # the losses are multiplied by zero.  No random number is drawn,
             # so the noise of later batches does not depend on how the
-            # text-only batches fell.
+            # text-only batches fell.  Timestep: the lowest training one.
             rows = torch.arange(len(rows), device=rows.device) == 0
         elif self.max_images is not None:
             rows = rows & (rows.cumsum(0) <= self.max_images)
-        target = self.target_images(features.pixel_values[rows])
+        target = self.target_images(features, rows)
         latents = self.encode_latents(target, sample=not placeholder)
         if placeholder:
             noise = torch.zeros_like(latents)
-            timesteps = torch.zeros(latents.shape[0], dtype=torch.long,
-                                    device=latents.device)
+            timesteps = torch.full((latents.shape[0], ),
+                                   self.timestep_range[0], dtype=torch.long,
+                                   device=latents.device)
         else:
             noise = torch.randn_like(latents)
             timesteps = torch.randint(*self.timestep_range,
@@ -237,9 +243,9 @@ class DiffusionSupervisor(nn.Module):
         recon = None
         if self.recon_loss.needs_images:
             if self.sampling_steps > 1:
-                x0 = ddim_denoise(ddim_sampler(self.scheduler), predict, x_t,
-                                  self.sampling_steps,
-                                  start_timestep=int(timesteps.max()))
+                x0 = ddim_denoise_rows(ddim_sampler(self.scheduler), predict,
+                                       x_t, timesteps, self.sampling_steps,
+                                       first_output=model_output)
             else:
                 x0 = clean_latent_estimate(self.scheduler, x_t, model_output,
                                            timesteps)

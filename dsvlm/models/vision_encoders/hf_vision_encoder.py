@@ -1,5 +1,5 @@
 """CLIP and SigLIP vision towers from transformers."""
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 from torch import nn
@@ -15,6 +15,13 @@ TOWERS = {
     'siglip': (SiglipVisionModel, SiglipVisionConfig, False),
 }  # model_type -> (model class, config class, has a CLS token)
 SELECT_FEATURES = ('patch', 'cls_patch')
+FEATURE_LEVELS = ('low', 'mid', 'high')
+
+
+def default_feature_levels(num_layers: int) -> Dict[str, int]:
+    """Layers at a third, two thirds and the whole depth (1-based)."""
+    return dict(low=max(1, round(num_layers / 3)),
+                mid=max(1, round(2 * num_layers / 3)), high=num_layers)
 
 
 @VISION_ENCODERS.register_module()
@@ -31,6 +38,9 @@ class HFVisionEncoder(nn.Module):
         train_mode: ``'frozen'``, ``'full'`` or ``'lora'``.  Never run under
             ``torch.no_grad()``: a frozen tower still passes gradients back to
             nothing, and a trainable one must receive them (DS-VLM).
+        feature_levels: the tower's low/mid/high layers (1-based), which
+            supervisors read by level; default: a third, two thirds and all
+            of the depth (CLIP-L: 8/16/24, the DS-VLM paper's).
     """
 
     def __init__(self,
@@ -42,6 +52,7 @@ class HFVisionEncoder(nn.Module):
                  train_mode: str = 'frozen',
                  lora_cfg: Optional[dict] = None,
                  gradient_checkpointing: bool = False,
+                 feature_levels: Optional[Dict[str, int]] = None,
                  dtype=None):
         super().__init__()
         if model_type not in TOWERS:
@@ -65,6 +76,17 @@ class HFVisionEncoder(nn.Module):
         self.train_mode = train_mode
         self.tower = apply_train_mode(tower, train_mode, lora_cfg,
                                       key='vision_encoder.train_mode')
+        self.feature_levels = self._check_levels(
+            feature_levels or default_feature_levels(self.num_layers))
+
+    def _check_levels(self, levels: Dict[str, int]) -> Dict[str, int]:
+        for level, layer in levels.items():
+            if level not in FEATURE_LEVELS or not 1 <= layer <= self.num_layers:
+                raise ValueError(
+                    f'vision_encoder.feature_levels={levels}: levels are '
+                    f'{", ".join(FEATURE_LEVELS)} and layers 1..'
+                    f'{self.num_layers}')
+        return {k: levels[k] for k in FEATURE_LEVELS if k in levels}
 
     @property
     def hidden_size(self) -> int:
