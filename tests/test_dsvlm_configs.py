@@ -1,12 +1,14 @@
 """The DS-VLM configs: each Table-1 leaf is its LLaVA config plus the SD-1.5
-diffusion supervisor, each ablation differs from the default row in exactly
-its setting, and the supervisor builds on the meta device with the published
-SD-1.5 sizes.
+diffusion supervisor (and the encoder trained), each ablation row differs
+from the Table-1 model of its table in exactly its setting, in both stages,
+and the supervisor builds on the meta device with the published SD-1.5
+sizes.
 
 Reference counts are published figures (SD-1.5 UNet 859.52M, VAE 83.65M,
 VGG-16 convolutions 14.71M) and closed-form formulas over the architecture
 written out here, never read from the configs or the code under test.
 """
+import ast
 import glob
 import os.path as osp
 
@@ -17,43 +19,59 @@ from mmengine.registry import init_default_scope
 
 from dsvlm.engine.config import load_config
 from dsvlm.models.hf_build import architecture_only
-from dsvlm.models.supervisors import diffusion_parts
 from dsvlm.registry import SUPERVISORS
 from tool_loader import load_tool
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = osp.join(ROOT, 'configs')
 PAIRS = ('clip_vicuna7b', 'clip_vicuna13b', 'clip_llama3_8b', 'clip_qwen2_7b',
-         'siglip_vicuna7b')
+         'siglip_vicuna7b', 'clip_vicuna7b_mgm')
 LEAVES = sorted([f'{p}_pretrain' for p in PAIRS] + list(PAIRS))
 MISSING = '<missing>'
-SUP = 'model.supervisors.0.'
+LEVELS = ('low', 'mid', 'high')
+CLIP_LEVELS = dict(low=8, mid=16, high=24)  # the paper's layers of CLIP-L
 
-# Each ablation = ablations/ts_is_all.py + these changes: `supervisor` keys
-# replaced in model.supervisors[0], and other flattened config keys.
-ABLATIONS = {
-    'ts_is_all': {},
-    'ts_only': dict(supervisor=dict(image_layers={})),
-    'is_high': dict(supervisor=dict(text_feature=False,
-                                    image_layers=dict(high=24))),
-    'is_high_mid': dict(supervisor=dict(text_feature=False,
-                                        image_layers=dict(mid=16, high=24))),
-    'is_all': dict(supervisor=dict(text_feature=False)),
-    'loss_mae': dict(supervisor=dict(loss=dict(type='L1ReconLoss'))),
-    'loss_ssim': dict(supervisor=dict(loss=dict(type='SSIMReconLoss'))),
-    'loss_perceptual': {},
-    'sca': dict(supervisor=dict(cross_attention='shared')),
-    'ica': {},
-    'adapter_qformer': dict(supervisor=dict(adapter=dict(
-        type='qformer', num_queries=32, depth=2, num_heads=8))),
-    'adapter_mlp': {},
-    'frozen_encoder': dict(keys={'model.vision_encoder.train_mode': 'frozen'}),
-    'trainable_encoder': {},
+# Each ablation row: (Table-1 model it changes, change in both stages):
+# `supervisor` keys replaced in model.supervisors[0], other flattened keys.
+ROWS = {
+    'table3/ts_only': ('clip_vicuna13b', dict(supervisor=dict(
+        image_layers=()))),
+    'table3/is_high': ('clip_vicuna13b', dict(supervisor=dict(
+        text_feature=False, image_layers=('high', )))),
+    'table3/is_high_mid': ('clip_vicuna13b', dict(supervisor=dict(
+        text_feature=False, image_layers=('mid', 'high')))),
+    'table3/is_all': ('clip_vicuna13b', dict(supervisor=dict(
+        text_feature=False))),
+    'table4/mae': ('clip_vicuna7b', dict(supervisor=dict(
+        loss=dict(type='L1ReconLoss')))),
+    'table4/ssim': ('clip_vicuna7b', dict(supervisor=dict(
+        loss=dict(type='SSIMReconLoss')))),
+    'table5/sca': ('clip_vicuna13b', dict(supervisor=dict(
+        cross_attention='shared'))),
+    'table6/qformer': ('clip_vicuna13b', dict(supervisor=dict(adapter=dict(
+        type='qformer', num_queries=32, depth=2, num_heads=8)))),
+    'table9/frozen_encoder': ('clip_vicuna7b', dict(keys={
+        'model.vision_encoder.train_mode': 'frozen'})),
+    'ddim50/clip_vicuna7b': ('clip_vicuna7b', dict(supervisor=dict(
+        sampling_steps=50, timestep_range=(49, 1000),
+        gradient_checkpointing=True), keys={
+            'train_dataloader.batch_size': 8})),
 }
+# Table 7: LLaVA-1.5 with the encoder trained as DS-VLM trains it
+TABLE7 = {'table7/llava_clip_vicuna7b': 'clip_vicuna7b',
+          'table7/llava_siglip_vicuna7b': 'siglip_vicuna7b'}
+STAGES = ('_pretrain', '')
 ALL_CONFIGS = sorted(
-    [f'dsvlm/{n}' for n in LEAVES] +
-    [f'dsvlm/ablations/{n}' for n in ABLATIONS] +
-    ['dsvlm/ablations/llava_trainable_encoder'])
+    [f'dsvlm/{n}' for n in LEAVES + ['clip_vicuna7b_lora']] +
+    [f'dsvlm/ablations/{r}{s}' for r in list(ROWS) + list(TABLE7)
+     for s in STAGES])
+# what the meta builds cover: every Table-1 model and one row per table
+META_BUILDS = sorted(
+    [f'dsvlm/{n}' for n in LEAVES + ['clip_vicuna7b_lora']] +
+    [f'dsvlm/ablations/{r}' for r in (
+        'table3/is_high_pretrain', 'table4/mae', 'table5/sca_pretrain',
+        'table6/qformer', 'table7/llava_siglip_vicuna7b',
+        'table9/frozen_encoder_pretrain', 'ddim50/clip_vicuna7b')])
 
 # --------------------------------------------------------------- reference
 # SD-1.5 (runwayml/stable-diffusion-v1-5 unet/ and vae/ config.json).
@@ -158,25 +176,40 @@ def test_every_table1_row_and_ablation_has_a_config():
     assert set(LEAVES) <= set(llava)
 
 
-@pytest.mark.parametrize('name', ALL_CONFIGS)
+@pytest.mark.parametrize('name', META_BUILDS)
 def test_config_loads_and_builds_on_meta(name):
-    """What ``tools/inspect_model.py CONFIG`` does, for every config."""
+    """What ``tools/inspect_model.py CONFIG`` does."""
     rows = inspect_model.inspect_config(path(name))
     supervisor = rows.get('supervisors.0 (DiffusionSupervisor)')
-    if name.endswith('llava_trainable_encoder'):
+    if '/table7/' in name:
         assert supervisor is None
     else:  # SD-1.5's UNet, frozen
         assert supervisor['total'] - supervisor['trainable'] > UNET_PARAMS
         assert rows['total']['total'] > 7e9
 
 
+@pytest.mark.parametrize('name', sorted(set(ALL_CONFIGS) - set(META_BUILDS)))
+def test_config_loads(name):
+    cfg = load(name)
+    assert cfg.model.type == 'LlavaModel'
+    assert cfg.work_dir == f'work_dirs/{name}'
+
+
 def test_base_carries_the_sd15_architecture():
     sup = load('dsvlm/clip_vicuna7b').diffusion_supervisor
     assert to_lists(sup.unet) == SD15_UNET
     assert to_lists(sup.vae) == SD15_VAE
-    # ... which is also what the code calls SD-1.5
-    assert to_lists(diffusion_parts.SD15_UNET) == SD15_UNET
-    assert to_lists(diffusion_parts.SD15_VAE) == SD15_VAE
+
+
+def test_dsvlm_leaves_show_only_what_differs():
+    """A DS-VLM leaf is its bases plus at most three statements."""
+    for name in LEAVES + ['clip_vicuna7b_lora']:
+        with open(path(f'dsvlm/{name}')) as f:
+            tree = ast.parse(f.read())
+        targets = [node.targets[0].id for node in tree.body
+                   if isinstance(node, ast.Assign)]
+        assert targets[0] == '_base_' and len(targets) <= 4, name
+        assert set(targets[1:]) <= {'model', 'train_dataloader'}, name
 
 
 @pytest.mark.parametrize('name', LEAVES)
@@ -192,17 +225,16 @@ def test_leaf_is_llava_plus_the_supervisor(name, monkeypatch):
     assert sup.type == 'DiffusionSupervisor'
     assert sup.pretrained == '/ckpt/stable-diffusion-v1-5'
     assert sup.text_feature is True
-    assert sup.image_layers == (dict(low=9, mid=18, high=26) if siglip else
-                                dict(low=8, mid=16, high=24))
+    assert tuple(sup.image_layers) == LEVELS  # the encoder's, by name
+    assert cfg.model.vision_encoder.get('feature_levels') == (
+        dict(low=9, mid=18, high=26) if siglip else None)  # CLIP: thirds
     assert sup.cross_attention == 'moe' and sup.adapter == dict(type='mlp')
     assert sup.loss == dict(type='PerceptualReconLoss',
                             vgg_checkpoint='/ckpt/vgg16-397923af.pth')
     assert sup.image_size == 256 and sup.sampling_steps == 1
     assert sup.unet_train_mode == sup.vae_train_mode == 'frozen'
-    if siglip:  # SigLIP's processor: mean = std = 0.5
-        assert tuple(sup.image_mean) == tuple(sup.image_std) == (0.5, ) * 3
-    else:  # OpenAI CLIP's, the supervisor's default
-        assert 'image_mean' not in sup and 'image_std' not in sup
+    # the image normalisation comes from the model's image processor
+    assert 'image_mean' not in sup and 'image_std' not in sup
     # everything else is the LLaVA config, but what DS-VLM trains
     stage2_changes = {} if stage1 else {
         'model.pretrained_pth': f'work_dirs/dsvlm/{pair}_pretrain'}
@@ -239,35 +271,78 @@ def test_leaf_is_llava_plus_the_supervisor(name, monkeypatch):
             cfg.model.pretrained_pth
 
 
-@pytest.mark.parametrize('name', sorted(ABLATIONS))
-def test_ablation_changes_exactly_its_setting(name):
-    cfg, default = load(f'dsvlm/ablations/{name}'), load(
-        'dsvlm/ablations/ts_is_all')
-    change = ABLATIONS[name]
+def test_lora_leaf_is_dsvlm_stage2_with_rank_8_lora():
+    cfg, full = load('dsvlm/clip_vicuna7b_lora'), load('dsvlm/clip_vicuna7b')
+    assert differences(cfg, full) == {
+        'model.llm.train_mode': 'lora',
+        'model.llm.lora_cfg.r': 8,
+        'model.llm.lora_cfg.lora_alpha': 16,
+        'model.llm.lora_cfg.lora_dropout': 0.05,
+        'model.llm.lora_cfg.target_modules': 'all-linear',
+        'model.llm.lora_cfg.bias': 'none',
+        'optim_wrapper.optimizer.lr': 2e-4,
+        'optim_wrapper.paramwise_cfg.custom_keys.connector.lr_mult': 0.1,
+        'optim_wrapper.paramwise_cfg.custom_keys.vision_encoder.lr_mult':
+        0.01,
+        'work_dir': 'work_dirs/dsvlm/clip_vicuna7b_lora'}
+    custom = cfg.optim_wrapper.paramwise_cfg.custom_keys
+    lr = cfg.optim_wrapper.optimizer.lr
+    assert lr * custom.connector.lr_mult == pytest.approx(2e-5)
+    assert lr * custom.vision_encoder.lr_mult == pytest.approx(2e-6)
+
+
+@pytest.mark.parametrize('stage', STAGES)
+@pytest.mark.parametrize('row', sorted(ROWS))
+def test_ablation_row_changes_exactly_its_setting_in_both_stages(row, stage):
+    """Each row is the Table-1 model of its table, changed in one setting,
+    in stage 1 and in stage 2; stage 2 starts from the row's own stage 1."""
+    base, change = ROWS[row]
+    cfg, default = load(f'dsvlm/ablations/{row}{stage}'), load(
+        f'dsvlm/{base}{stage}')
     expected_sup = dict(default.model.supervisors[0].to_dict(),
                         **change.get('supervisor', {}))
-    assert [s.to_dict() for s in cfg.model.supervisors] == [expected_sup]
+    assert [to_lists(s.to_dict()) for s in cfg.model.supervisors] == [
+        to_lists(expected_sup)]
+    expected = dict(change.get('keys', {}),
+                    work_dir=f'work_dirs/dsvlm/ablations/{row}{stage}')
+    batch = expected.get('train_dataloader.batch_size')
+    if batch is not None:  # the global batch stays
+        expected.update({
+            'strategy.train_micro_batch_size_per_gpu': batch,
+            'strategy.gradient_accumulation_steps':
+            default.global_batch_size // batch})
+        if 'batch_size' in cfg.train_dataloader.sampler:
+            expected['train_dataloader.sampler.batch_size'] = batch
+    if not stage:
+        expected['model.pretrained_pth'] = load(
+            f'dsvlm/ablations/{row}_pretrain').work_dir
     other = {k: v for k, v in differences(cfg, default).items()
              if not k.startswith('model.supervisors')}
-    assert other == change.get('keys', {})
+    assert other == expected
 
 
-def test_ablations_start_from_the_llava_stage1_run():
-    cfg, leaf = load('dsvlm/ablations/ts_is_all'), load('dsvlm/clip_vicuna7b')
-    assert differences(cfg, leaf) == {
-        'model.pretrained_pth': 'work_dirs/clip_vicuna7b_pretrain',
-        'work_dir': None}
-    # = tools/train.py's default work_dir of the LLaVA stage-1 config
-    assert load('llava/clip_vicuna7b_pretrain').get('work_dir') is None
-    assert osp.isfile(path('llava/clip_vicuna7b_pretrain'))
-
-
-def test_llava_trainable_encoder_is_llava_with_the_encoder_trained():
-    cfg = load('dsvlm/ablations/llava_trainable_encoder')
-    assert differences(cfg, load('llava/clip_vicuna7b')) == {
+@pytest.mark.parametrize('stage', STAGES)
+@pytest.mark.parametrize('row', sorted(TABLE7))
+def test_table7_is_llava_with_the_encoder_trained_as_dsvlm_trains_it(
+        row, stage):
+    cfg = load(f'dsvlm/ablations/{row}{stage}')
+    llava = load(f'llava/{TABLE7[row]}{stage}')
+    dsvlm = load(f'dsvlm/{TABLE7[row]}{stage}')
+    expected = {
         'model.vision_encoder.train_mode': 'full',
-        'optim_wrapper.paramwise_cfg.custom_keys.vision_encoder.lr_mult': 0.1,
-        'find_unused_parameters': True}
+        'optim_wrapper.paramwise_cfg.custom_keys.vision_encoder.lr_mult':
+        0.02 if stage else 0.1,
+        'find_unused_parameters': True,
+        'work_dir': f'work_dirs/dsvlm/ablations/{row}{stage}'}
+    if not stage:
+        expected['model.pretrained_pth'] = load(
+            f'dsvlm/ablations/{row}_pretrain').work_dir
+    assert differences(cfg, llava) == expected
+    assert cfg.model.supervisors == []
+    for key in ('model.vision_encoder.train_mode',
+                'optim_wrapper.paramwise_cfg.custom_keys.vision_encoder.'
+                'lr_mult'):  # the same as DS-VLM's
+        assert flatten(cfg.to_dict())[key] == flatten(dsvlm.to_dict())[key]
 
 
 def test_reference_sizes_of_sd15():
@@ -282,6 +357,7 @@ def test_siglip_vicuna7b_builds_on_meta_with_sd15():
     cfg = load('dsvlm/siglip_vicuna7b')
     model = inspect_model.build_meta_model(cfg)
     sup = model.supervisors[0]
+    assert sup.image_layers == dict(low=9, mid=18, high=26)  # SigLIP's levels
     assert {p.device.type for p in model.parameters()} == {'meta'}
     assert (count(sup.unet), count(sup.unet, True)) == (UNET_PARAMS, 0)
     assert (count(sup.vae), count(sup.vae, True)) == (VAE_PARAMS, 0)
@@ -315,23 +391,25 @@ def test_siglip_vicuna7b_builds_on_meta_with_sd15():
     ) + adapters + moe_params
 
 
-def _meta_supervisor(name, encoder=CLIP, llm_width=4096):
+def _meta_supervisor(name, encoder=CLIP, llm_width=5120):
     init_default_scope('dsvlm')
     cfg = load(name).model.supervisors[0]
     with torch.device('meta'), architecture_only():
         return SUPERVISORS.build(
             cfg, default_args=dict(encoder_dim=encoder['dim'],
                                    connector_dim=llm_width,
-                                   encoder_num_layers=encoder['layers']))
+                                   encoder_num_layers=encoder['layers'],
+                                   encoder_levels=CLIP_LEVELS))
 
 
+# Tables 3, 5 and 6 are on Vicuna-13B (connector output 5120 wide)
 @pytest.mark.parametrize('name,trainable', [
-    ('ts_only', mlp_adapter(4096) + moe(image_branches=0)),
-    ('is_high', mlp_adapter(1024) + moe(1, text_branch=False)),
-    ('is_high_mid', 2 * mlp_adapter(1024) + moe(2, text_branch=False)),
-    ('is_all', 3 * mlp_adapter(1024) + moe(3, text_branch=False)),
-    ('sca', mlp_adapter(4096) + 3 * mlp_adapter(1024)),
-    ('adapter_qformer', qformer_adapter(4096) + 3 * qformer_adapter(1024) +
+    ('table3/ts_only', mlp_adapter(5120) + moe(image_branches=0)),
+    ('table3/is_high', mlp_adapter(1024) + moe(1, text_branch=False)),
+    ('table3/is_high_mid', 2 * mlp_adapter(1024) + moe(2, text_branch=False)),
+    ('table3/is_all', 3 * mlp_adapter(1024) + moe(3, text_branch=False)),
+    ('table5/sca', mlp_adapter(5120) + 3 * mlp_adapter(1024)),
+    ('table6/qformer', qformer_adapter(5120) + 3 * qformer_adapter(1024) +
      moe(3)),
 ])
 def test_ablation_supervisors_build_on_meta(name, trainable):
@@ -339,11 +417,16 @@ def test_ablation_supervisors_build_on_meta(name, trainable):
     assert count(sup, True) == trainable
     assert count(sup.unet, True) == count(sup.vae, True) == 0
     assert count(sup.unet) == UNET_PARAMS
+    # levels by name read the paper's CLIP-L layers
+    expected = {'ts_only': {}, 'is_high': dict(high=24),
+                'is_high_mid': dict(mid=16, high=24)}.get(
+                    name.split('/')[1], CLIP_LEVELS)
+    assert sup.image_layers == expected
 
 
-@pytest.mark.parametrize('name', ['loss_mae', 'loss_ssim'])
+@pytest.mark.parametrize('name', ['table4/mae', 'table4/ssim'])
 def test_pixel_losses_have_no_vgg(name):
-    sup = _meta_supervisor(f'dsvlm/ablations/{name}')
+    sup = _meta_supervisor(f'dsvlm/ablations/{name}', llm_width=4096)
     assert count(sup.recon_loss) == 0
     assert count(sup, True) == mlp_adapter(4096) + 3 * mlp_adapter(
         1024) + moe(3)

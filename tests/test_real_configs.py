@@ -16,7 +16,8 @@ import pytest
 import torch
 from mmengine.registry import PARAM_SCHEDULERS, init_default_scope
 
-from dsvlm.engine.config import load_config, set_gradient_accumulation
+from dsvlm.engine.config import (default_work_dir, load_config,
+                                 set_gradient_accumulation)
 from tool_loader import load_tool
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -25,7 +26,8 @@ PAIRS = ('clip_vicuna7b', 'clip_vicuna13b', 'clip_llama3_8b', 'clip_qwen2_7b',
          'siglip_vicuna7b')
 EXPECTED_CONFIGS = sorted(
     [f'{p}_pretrain' for p in PAIRS] + list(PAIRS) +
-    ['clip_vicuna7b_lora', 'clip_vicuna7b_mgm'])
+    ['clip_vicuna7b_lora', 'clip_vicuna7b_mgm',
+     'clip_vicuna7b_mgm_pretrain'])
 
 
 inspect_model = load_tool('inspect_model')
@@ -170,27 +172,32 @@ def test_config_follows_the_llava_recipe(name):
             batch)
     assert cfg.train_cfg == dict(type='EpochBasedTrainLoop', max_epochs=1)
     assert cfg.val_dataloader is None and cfg.val_cfg is None
+    mgm = '_mgm' in name
     if stage1:
-        assert dataset.ann_file.endswith('blip_laion_cc_sbu_558k.json')
+        assert dataset.ann_file.endswith(
+            'MGM-Pretrain/mgm_pretrain.json' if mgm else
+            'blip_laion_cc_sbu_558k.json')
         assert model.pretrained_pth is None
         assert loader.sampler.type == 'DefaultSampler'
     else:
         assert dataset.image_aspect_ratio == 'pad'
         assert loader.sampler.type == 'LengthGroupedSampler'
         assert loader.sampler.batch_size == loader.batch_size
-        # stage 2 starts from the stage-1 run of the same encoder + LLM
+        # stage 2 starts from the stage-1 run of the same encoder + LLM (and
+        # data): that config's default work_dir
         stage1_name = osp.basename(model.pretrained_pth)
-        assert model.pretrained_pth == f'work_dirs/{stage1_name}'
         assert stage1_name in EXPECTED_CONFIGS
-        assert stage1_name.endswith('_pretrain')
-        assert name.startswith(stage1_name[:-len('_pretrain')])
+        assert model.pretrained_pth == default_work_dir(
+            config_path(stage1_name))
+        assert stage1_name == (name if mgm else name.replace(
+            '_lora', '')) + '_pretrain'
     if lora:
         assert model.llm.lora_cfg == dict(
             r=128, lora_alpha=256, lora_dropout=0.05,
             target_modules='all-linear', bias='none')
         custom = cfg.optim_wrapper.paramwise_cfg.custom_keys
         assert lr * custom['connector']['lr_mult'] == pytest.approx(2e-5)
-    if name.endswith('_mgm'):
+    if mgm and not stage1:
         assert dataset.ann_file.endswith('MGM-Finetune/mgm_instruction.json')
 
 

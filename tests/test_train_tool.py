@@ -197,7 +197,8 @@ def test_train_command_line(monkeypatch):
     monkeypatch.setenv('LOCAL_RANK', '0')  # parse_args may set it
     train = load_tool('train')
     cfg = _merged(train, ['configs/tiny/llava_tiny.py'])
-    assert cfg.work_dir == osp.join('./work_dirs', 'llava_tiny')
+    # the config's path below configs/
+    assert cfg.work_dir == osp.join('work_dirs', 'tiny', 'llava_tiny')
     assert cfg.launcher == 'none' and cfg.default_scope == 'dsvlm'
     assert 'resume' not in cfg
 
@@ -218,4 +219,6 @@ def test_test_command_line(monkeypatch):
     test = load_tool('test')
     cfg = _merged(test, ['configs/x/model.py', 'ckpt.pth'])
     assert cfg.load_from == 'ckpt.pth' and cfg.resume is False
-    assert cfg.work_dir == osp.join('./work_dirs', 'model')
+    assert cfg.work_dir == osp.join('work_dirs', 'x', 'model')
+    cfg = _merged(test, ['/elsewhere/model.py', 'ckpt.pth'])
+    assert cfg.work_dir == osp.join('work_dirs', 'model')

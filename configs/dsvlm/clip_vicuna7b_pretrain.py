@@ -1,17 +1,15 @@
-# DS-VLM, CLIP-L/336 + Vicuna-7B v1.5, stage 1: LLaVA-1.5 stage 1 plus
-# diffusion supervision; the encoder trains too, at lr 2e-5.
+# DS-VLM, CLIP-L/336 + Vicuna-7B v1.5, stage 1: LLaVA-1.5 stage 1 with
+# diffusion supervision.
 _base_ = [
-    '../llava/clip_vicuna7b_pretrain.py',
-    '../_base_/supervisors/diffusion_sd15.py',
+    '../_base_/models/clip_l14_336.py',
+    '../_base_/models/vicuna7b.py',
+    '../_base_/datasets/llava_pretrain.py',
+    '../_base_/schedules/dsvlm_pretrain.py',
+    '../_base_/default_runtime.py',
+    '../_base_/strategies/deepspeed_zero2.py',
 ]
 
-model = dict(
-    vision_encoder=dict(train_mode='full'),
-    supervisors=[_base_.diffusion_supervisor],
-)
-optim_wrapper = dict(
-    paramwise_cfg=dict(custom_keys={'vision_encoder': dict(lr_mult=0.02)}))
-work_dir = 'work_dirs/dsvlm/clip_vicuna7b_pretrain'
-# the per-GPU batch that fits 80 GB under the default strategy (memory
-# plan: tools/inspect_model.py CONFIG --gpus 8); the global batch (256) stays
+model = dict(vision_encoder=_base_.vision_encoder, llm=_base_.llm)
+# the per-GPU batch that fits 80 GB (tools/inspect_model.py CONFIG --gpus 8);
+# the global batch (256) stays
 train_dataloader = dict(batch_size=16)

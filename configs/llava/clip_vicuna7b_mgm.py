@@ -1,5 +1,5 @@
-# LLaVA-1.5-7B (CLIP-L/336 + Vicuna-7B v1.5),
-# stage 2 on the Mini-Gemini instruction data (stage 1 as LLaVA-1.5).
+# LLaVA-1.5-7B (CLIP-L/336 + Vicuna-7B v1.5) on the Mini-Gemini data,
+# stage 2: instruction tuning on MGM's 1.5M instructions.
 _base_ = [
     '../_base_/models/clip_l14_336.py',
     '../_base_/models/vicuna7b.py',
@@ -13,5 +13,4 @@ model = dict(
     vision_encoder=_base_.vision_encoder,
     llm=_base_.llm,
     # stage 1's connector: the newest checkpoint in that run's work_dir
-    pretrained_pth='work_dirs/clip_vicuna7b_pretrain',
-)
+    pretrained_pth='work_dirs/llava/clip_vicuna7b_mgm_pretrain')

@@ -12,5 +12,5 @@ model = dict(
     vision_encoder=_base_.vision_encoder,
     llm=_base_.llm,
     # stage 1's connector: the newest checkpoint in that run's work_dir
-    pretrained_pth='work_dirs/siglip_vicuna7b_pretrain',
+    pretrained_pth='work_dirs/llava/siglip_vicuna7b_pretrain',
 )

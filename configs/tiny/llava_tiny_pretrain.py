@@ -1,7 +1,7 @@
 # Stage 1 of the tiny world, as LLaVA-1.5 does it: captions with the `plain`
 # template, only the connector trains.  Stage 2 loads its connector with
 #   python tools/train.py configs/tiny/llava_tiny.py \
-#       --cfg-options model.pretrained_pth=work_dirs/llava_tiny_pretrain
+#       --cfg-options model.pretrained_pth=work_dirs/tiny/llava_tiny_pretrain
 # (With random weights a connector-only stage teaches the tiny world little;
 # it is here to exercise the two-stage chain.)
 _base_ = ['./llava_tiny.py']

@@ -1,8 +1,9 @@
 """Command-line pieces shared by ``tools/train.py`` and ``tools/test.py``."""
 import os
-import os.path as osp
 
 from mmengine.config import DictAction
+
+from .config import default_work_dir
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 
@@ -11,7 +12,8 @@ def add_runner_args(parser, cfg_options_example: str):
     """``--work-dir``, ``--cfg-options``, ``--launcher`` and the
     ``--local-rank`` that ``torch.distributed.launch`` passes."""
     parser.add_argument('--work-dir', help='the dir to save logs, models '
-                        'and results (default: work_dirs/<config name>)')
+                        'and results (default: work_dirs/<config path under '
+                        'configs/, without .py>)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, e.g. '
                         f'{cfg_options_example}')
@@ -30,12 +32,11 @@ def parse_runner_args(parser, argv=None):
 
 def apply_runner_args(cfg, args):
     """Launcher, default scope and work_dir (the command line, the config's
-    own ``work_dir``, or ``work_dirs/<config name>``)."""
+    own ``work_dir``, or :func:`~dsvlm.engine.config.default_work_dir`)."""
     cfg.launcher = args.launcher
     cfg.setdefault('default_scope', 'dsvlm')
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:
-        name = osp.splitext(osp.basename(args.config))[0]
-        cfg.work_dir = osp.join('./work_dirs', name)
+        cfg.work_dir = default_work_dir(args.config)
     return cfg

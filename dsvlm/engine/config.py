@@ -13,6 +13,7 @@ processes.
 import copy
 import inspect
 import os
+from pathlib import Path
 
 from mmengine.config import Config
 
@@ -29,18 +30,33 @@ _WORLD_SIZE_ENV = dict(pytorch='WORLD_SIZE', slurm='SLURM_NTASKS',
 
 def load_config(path, cfg_options=None, launcher=None, strategy=None,
                 complete=True):
-    """``Config.fromfile`` + ``--cfg-options`` + ``--strategy`` (a preset
+    """``Config.fromfile`` + ``--cfg-options`` + the default ``work_dir``
+    (:func:`default_work_dir`) + ``--strategy`` (a preset
     name, see :func:`~dsvlm.engine.strategy_config.apply_strategy`) +
     :func:`complete_config` (unless ``complete=False``: the caller completes
     after its own changes)."""
     cfg = Config.fromfile(path)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
+    if cfg.get('work_dir') is None:
+        cfg.work_dir = default_work_dir(path)
     if strategy is not None:
         apply_strategy(cfg, strategy)
     if not complete:
         return cfg
     return complete_config(cfg, world_size=world_size_from_env(launcher))
+
+
+def default_work_dir(config_path) -> str:
+    """``work_dirs/<path under configs/ without .py>`` (e.g.
+    ``work_dirs/dsvlm/clip_vicuna7b`` for ``configs/dsvlm/clip_vicuna7b.py``),
+    or ``work_dirs/<file name without .py>`` for a config outside a
+    ``configs/`` folder."""
+    parts = Path(os.path.abspath(config_path)).with_suffix('').parts
+    if 'configs' in parts[:-1]:
+        below = len(parts) - parts[::-1].index('configs')
+        return os.path.join('work_dirs', *parts[below:])
+    return os.path.join('work_dirs', parts[-1])
 
 
 def world_size_from_env(launcher=None):

@@ -12,5 +12,15 @@ vision_encoder = dict(
         hidden_act='gelu_pytorch_tanh', layer_norm_eps=1e-6),
     select_layer=-2,
     select_feature='patch',
+    # Low/mid/high layers (1-based) that DS-VLM's supervisor reads:
+    # * low/mid keep the paper's depths for CLIP-L, 8/24 and 16/24 of the
+    #   tower, i.e. 9/27 and 18/27 (exact thirds);
+    # * high is 26, not the proportional 27: 26 is the layer the connector
+    #   reads (select_layer=-2, as CLIP-L's 24 lies next to its read layer
+    #   23), so the deepest supervised layer is one whose output reaches the
+    #   LLM.  SigLIP's 27th layer only feeds its attention-pooling head,
+    #   trained for the contrastive objective; reconstruction gradient there
+    #   would train a layer that inference never uses.
+    feature_levels=dict(low=9, mid=18, high=26),
 )
 image_processor = dict(type='pretrained_image_processor', path=__encoder_dir)

@@ -1,31 +1,26 @@
 # DS-VLM's diffusion supervision with Stable Diffusion 1.5, as the paper uses
-# it for CLIP-L/14-336 (DiffusionSupervisor, dsvlm/models/supervisors/).
+# it (DiffusionSupervisor, dsvlm/models/supervisors/).
 #
-# Defines the top-level `diffusion_supervisor`; a DS-VLM leaf lists this base
-# next to its LLaVA config and plugs it in:
-#     model = dict(supervisors=[_base_.diffusion_supervisor])
+# Defines the top-level `diffusion_supervisor`; the DS-VLM stages
+# (schedules/dsvlm_pretrain.py, dsvlm_instruct.py) plug it in, and an
+# ablation replaces it with a changed copy:
+#     model = dict(supervisors=[dict(_base_.diffusion_supervisor, ...)])
 #
-# * Features: the connector output (text, TS) and CLIP encoder layers 8/16/24
-#   (image, IS low/mid/high; 1-based, of 24); SigLIP: diffusion_sd15_siglip.py
+# * Features: the connector output (text, TS) and the encoder's low/mid/high
+#   layers (image, IS; `vision_encoder.feature_levels`: 8/16/24 of CLIP-L's
+#   24, 9/18/26 of SigLIP's 27).
 # * Multi-Adapter Diffusion: one linear adapter per feature into the UNet's
 #   cross-attention width (768), MoE cross-attention (ICA) in all 16 `attn2`
 #   layers; UNet and VAE frozen.  Trainable: adapters, new K/V, routers.
 # * Loss: LPIPS-VGG (perceptual) on the VAE decode of the one-step
-#   clean-latent estimate, at 256 px.
-# * The encoder trains, in both stages: the paper's recipe ("the encoder and
-#   connector receive the reconstruction gradient"; Appendix C, Table 9: the
-#   reconstruction loss stalls at 0.5 with a frozen encoder and reaches 0.1
-#   with encoder + adapter trainable; Table 7 compares with LLaVA trained the
-#   same way).  The paper gives no encoder lr; ours is 2e-5 in stage 1
-#   (lr_mult 0.02 of 1e-3; ShareGPT4V's stage-1 vision lr) and 2e-6 in stage 2
-#   (lr_mult 0.1 of 2e-5; LLaVA-NeXT's vision lr): the stage lrs would wreck a
-#   pretrained ViT.  A sibling base cannot set `model` or `optim_wrapper`
-#   (they come from the LLaVA leaf), so each DS-VLM leaf states both.
+#   clean-latent estimate, at 256 px.  The target image is the encoder's
+#   input with the image processor's normalisation undone (the model passes
+#   its mean and std along with the features).
 #
 # The UNet/VAE architectures are SD-1.5's (config.json of
-# runwayml/stable-diffusion-v1-5, = diffusion_parts.SD15_UNET/SD15_VAE):
-# weights come from `pretrained`, the architectures let tools/inspect_model.py
-# build the supervisor on the meta device.  UNet 859.52M, VAE 83.65M.
+# runwayml/stable-diffusion-v1-5), written here only: weights come from
+# `pretrained`, the architectures let tools/inspect_model.py build the
+# supervisor on the meta device.  UNet 859.52M, VAE 83.65M.
 __sd15_dir = '{{$DSVLM_CHECKPOINTS:checkpoints}}/stable-diffusion-v1-5'
 
 diffusion_supervisor = dict(
@@ -45,7 +40,7 @@ diffusion_supervisor = dict(
         down_block_types=('DownEncoderBlock2D', ) * 4,
         up_block_types=('UpDecoderBlock2D', ) * 4, scaling_factor=0.18215),
     text_feature=True,
-    image_layers=dict(low=8, mid=16, high=24),
+    image_layers=('low', 'mid', 'high'),  # levels of the encoder
     cross_attention='moe',
     adapter=dict(type='mlp'),  # LayerNorm + Linear
     loss=dict(
@@ -54,15 +49,10 @@ diffusion_supervisor = dict(
         'vgg16-397923af.pth'),
     loss_weight=1.0,
     image_size=256,
-    # image_mean/image_std: OpenAI CLIP's (the supervisor's defaults)
     sampling_steps=1,
     unet_train_mode='frozen',
     vae_train_mode='frozen',
 )
-
-# A trainable encoder has parameters that never get a gradient (CLIP's
-# post-LayerNorm, SigLIP's pooling head and 27th layer): DDP must skip them.
-find_unused_parameters = True
 
 # TensorBoard: original | one-step reconstruction, and the mean MoE router
 # weights P0..P3 of every cross-attention layer, every 500 iterations.

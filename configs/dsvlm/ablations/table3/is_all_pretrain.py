@@ -1,0 +1,5 @@
+# Table 3, IS-all: the low, mid and high encoder layers, stage 1.
+_base_ = ['../../clip_vicuna13b_pretrain.py']
+
+model = dict(
+    supervisors=[dict(_base_.diffusion_supervisor, text_feature=False)])

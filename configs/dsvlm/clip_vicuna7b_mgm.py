@@ -1,0 +1,16 @@
+# DS-VLM, CLIP-L/336 + Vicuna-7B v1.5 on the Mini-Gemini data, stage 2:
+# MGM's 1.5M instructions with diffusion supervision.
+_base_ = [
+    '../_base_/models/clip_l14_336.py',
+    '../_base_/models/vicuna7b.py',
+    '../_base_/datasets/mini_gemini_instruct.py',
+    '../_base_/schedules/dsvlm_instruct.py',
+    '../_base_/default_runtime.py',
+    '../_base_/strategies/deepspeed_zero3.py',
+]
+
+model = dict(
+    vision_encoder=_base_.vision_encoder,
+    llm=_base_.llm,
+    # DS-VLM stage 1 (encoder, connector, supervisor)
+    pretrained_pth='work_dirs/dsvlm/clip_vicuna7b_mgm_pretrain')
