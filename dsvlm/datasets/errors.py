@@ -1,11 +1,13 @@
-"""Problems found in LLaVA data, and the error that reports them."""
+"""Problems found in LLaVA data and benchmark tables, and the error that
+reports them."""
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 
 @dataclass(frozen=True)
 class DataProblem:
-    """One problem of an annotation file, located as precisely as known.
+    """One problem of an annotation file (or benchmark table), located as
+    precisely as known.
 
     ``kind`` is one of :data:`PROBLEM_KINDS`.
     """
@@ -37,6 +39,10 @@ PROBLEM_KINDS = (
     'unreadable_image',  # the image file exists but does not decode
     'over_length',  # tokenised sample longer than max_length
     'unlocated_answer',  # an answer is not a whole number of tokens
+    'bad_table',  # a benchmark table lacks columns it needs
+    'duplicate_index',  # two rows of a benchmark table share an index
+    'bad_image_reference',  # an image cell names a row without an image
+    'bad_answer',  # a multiple-choice answer that is not one of the options
 )
 
 
