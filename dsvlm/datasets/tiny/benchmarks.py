@@ -216,6 +216,15 @@ def write_tiny_benchmarks(world_root,
     return {name: target / file for name, file in BENCHMARKS.items()}
 
 
+def existing_world(data_root) -> Path:
+    """``data_root``, when a complete world is there."""
+    if not (Path(data_root) / 'meta.json').is_file():
+        raise FileNotFoundError(
+            f'no tiny world at {data_root}: train a tiny config first (it '
+            'generates the world), or give the world parameters (`world=`)')
+    return Path(data_root)
+
+
 @DATASETS.register_module()
 class TinyBenchmarkDataset(VLMEvalTSVDataset):
     """A benchmark of the tiny world at ``data_root``, the world and the
@@ -224,7 +233,9 @@ class TinyBenchmarkDataset(VLMEvalTSVDataset):
     Args:
         data_root: where the world lives (e.g. ``data/tiny_shapes``).
         benchmark: ``'mcq'`` or ``'yesno'``.
-        world: world parameters (see :func:`ensure_shapes_world`).
+        world: world parameters (see :func:`ensure_shapes_world`); None
+            takes the world already at ``data_root`` (the one a tiny config
+            trained on), whatever its parameters.
         **kwargs: :class:`VLMEvalTSVDataset` arguments.
     """
 
@@ -233,6 +244,7 @@ class TinyBenchmarkDataset(VLMEvalTSVDataset):
         if benchmark not in BENCHMARKS:
             raise ValueError(f'TinyBenchmarkDataset benchmark={benchmark!r}; '
                              f'choose one of {", ".join(BENCHMARKS)}')
-        root = ensure_shapes_world(data_root, **(world or {}))
+        root = existing_world(data_root) if world is None else \
+            ensure_shapes_world(data_root, **world)
         super().__init__(data_file=write_tiny_benchmarks(root)[benchmark],
                          **kwargs)

@@ -1,0 +1,9 @@
+# ScienceQA-IMG (test questions with an image; VLMEvalKit's ScienceQA_TEST
+# holds only those).
+_base_ = ['./_tsv_benchmark.py']
+
+test_dataloader = dict(dataset=dict(
+    data_file=_base_.lmu_data + '/ScienceQA_TEST.tsv',
+    prompt_style='multiple_choice'))
+test_evaluator = dict(type='MultipleChoiceAccuracy', circular=False,
+                      prediction_file=_base_.prediction_file)
