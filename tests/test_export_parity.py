@@ -203,6 +203,8 @@ def test_export_matches_the_trained_model(exported, case, tmp_path):
                                            add_generation_prompt=True)
     assert prompt == batch['data_samples'][0]['prompt'].replace(
         '<image>\n', '<image>' + _suffix(name) + '\n')
+    assert prompt == processor.tokenizer.apply_chat_template(
+        _messages(turns), add_generation_prompt=True, tokenize=False)
     assert_parity(model, batch, hf, processor, image, prompt)
 
 

@@ -90,6 +90,23 @@ def test_tiny_config_exports_with_parity(config, extra, tmp_path):
     assert_parity(model, batch, hf, processor, image, prompt)
 
 
+def test_export_in_bfloat16(tmp_path):
+    """--dtype: the export's weights and config in bfloat16."""
+    data_root = tmp_path / 'world'
+    cfg = _load_tiny('configs/tiny/llava_tiny.py', data_root)
+    trained = _checkpoint(cfg, tmp_path / 'ckpt.pth')
+    out = tmp_path / 'export'
+    export_tool.main(['configs/tiny/llava_tiny.py', str(tmp_path / 'ckpt.pth'),
+                      str(out), '--dtype', 'bfloat16', '--cfg-options',
+                      *[f'{k}={v}' for k, v in _options(data_root).items()]])
+    hf = LlavaForConditionalGeneration.from_pretrained(out, dtype='auto')
+    assert {p.dtype for p in hf.parameters()} == {torch.bfloat16}
+    projector = trained.connector.layers[0].weight
+    torch.testing.assert_close(
+        hf.model.multi_modal_projector.linear_1.weight,
+        projector.to(torch.bfloat16))
+
+
 def test_random_frozen_weights_missing_from_checkpoint_fail(tmp_path):
     """A frozen part built from random weights is not in a trainable-only
     checkpoint: exporting it would ship random weights."""

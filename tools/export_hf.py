@@ -1,6 +1,7 @@
 """Export a checkpoint to transformers' LLaVA format.
 
-    python tools/export_hf.py CONFIG CHECKPOINT OUT_DIR [--cfg-options k=v]
+    python tools/export_hf.py CONFIG CHECKPOINT OUT_DIR [--dtype bfloat16]
+        [--cfg-options k=v]
 
 CHECKPOINT is a plain ``.pth``, a DeepSpeed or FSDP2 checkpoint directory,
 or a work_dir (its newest checkpoint).  OUT_DIR then loads with plain
@@ -34,6 +35,9 @@ def parse_args(argv=None):
     parser.add_argument('checkpoint', help='.pth, sharded checkpoint '
                         'directory or work_dir')
     parser.add_argument('out_dir', help='directory to write')
+    parser.add_argument('--dtype', choices=('float32', 'bfloat16', 'float16'),
+                        help='weights dtype of the export (default: as '
+                        'built, float32; the recipes train in bfloat16)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings')
     return parser.parse_args(argv)
@@ -43,6 +47,9 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = for_inference(load_config(args.config, args.cfg_options,
                                     launcher='none'))
+    if args.dtype:
+        for part in ('vision_encoder', 'llm'):
+            cfg.model[part]['dtype'] = args.dtype
     return export_to_dir(cfg, args.checkpoint, args.out_dir)
 
 

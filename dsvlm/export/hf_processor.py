@@ -131,10 +131,12 @@ def build_llava_processor(tokenizer, image_processor, template,
     image_token_id)``."""
     from transformers import LlavaProcessor
     tokenizer, image_token_id = export_tokenizer(tokenizer, template)
+    template_text = chat_template(template, image_token_suffix(tokenizer))
+    # the tokenizer renders the same (lmms-eval's llava_hf asks it)
+    tokenizer.chat_template = template_text
     return LlavaProcessor(
         image_processor=llava_image_processor(image_processor, aspect_ratio),
         tokenizer=tokenizer, patch_size=patch_size,
         vision_feature_select_strategy=select_strategy,
-        chat_template=chat_template(template, image_token_suffix(tokenizer)),
-        image_token=DEFAULT_IMAGE_TOKEN,
+        chat_template=template_text, image_token=DEFAULT_IMAGE_TOKEN,
         num_additional_image_tokens=num_additional_tokens), image_token_id
