@@ -72,32 +72,71 @@ def test_same_parameters_give_identical_files(tmp_path, world):
     assert not mismatch and not errors and len(match) == len(names) > 60
 
 
+def open_answer(question, found):
+    """The answer to an open question, from the objects in the pixels."""
+    colour_of = {shape: colour for colour, shape in found.values()}
+    shape_of_colour = dict(found.values())
+    words = question.rstrip('?').split()
+    if question.startswith('How many'):
+        return str(len(found))
+    if question.startswith('What color is the'):
+        return colour_of[words[-1]]
+    if question.startswith('What shape is the'):
+        return shape_of_colour[words[4]]
+    if question.startswith('Where is the'):
+        return next(p for p, obj in found.items()
+                    if obj == (words[3], words[4]))
+    raise AssertionError(f'unexpected question {question!r}')
+
+
+def yes_no_truth(question, found):
+    """Whether a yes/no question is true of the objects in the pixels."""
+    words = question.rstrip('?').split()
+    if question.startswith('Is there only one shape'):
+        return len(found) == 1
+    if question.startswith('Are there'):
+        return len(found) == int(words[2])
+    if question.startswith('Is there'):  # Is there a red circle in ...
+        return (words[3], words[4]) in found.values()
+    if question.startswith('Is the') and ' at the ' in question:
+        position = question.rstrip('?').split(' at the ')[1]
+        return found.get(position) == (words[2], words[3])
+    if question.startswith('Is the'):  # Is the circle red?
+        return (words[3], words[2]) in found.values()
+    raise AssertionError(f'unexpected question {question!r}')
+
+
+MCQ_END = "\nAnswer with the option's letter from the given choices directly."
+SHORT_END = '\nAnswer the question using a single word or phrase.'
+
+
 def test_answers_agree_with_the_pixels(world):
-    checked = 0
+    checked, formats = 0, Counter()
     for name in ('instruct.json', 'test.json'):
         for record in load(world, name):
             if 'image' not in record:
                 continue
             found = objects_in_pixels(Path(world) / 'images' / record['image'])
-            colour_of = {shape: colour for colour, shape in found.values()}
-            shape_of_colour = dict(found.values())
             turns = record['conversations']
             for q, a in zip(turns[::2], turns[1::2]):
                 question, answer = q['value'].replace('<image>', '').strip(), \
                     a['value']
-                words = question.rstrip('?').split()
-                if question.startswith('How many'):
-                    assert int(answer) == len(found)
-                elif question.startswith('What color is the'):
-                    assert colour_of[words[-1]] == answer, record['id']
-                elif question.startswith('What shape is the'):
-                    assert shape_of_colour[words[4]] == answer, record['id']
-                elif question.startswith('Where is the'):
-                    assert found[answer] == (words[3], words[4]), record['id']
+                if question.endswith(MCQ_END):  # question, options, request
+                    lines = question[:-len(MCQ_END)].split('\n')
+                    options = dict(line.split('. ', 1) for line in lines[1:])
+                    assert options[answer] == open_answer(lines[0], found)
+                    assert len(set(options.values())) == len(options) >= 2
+                    formats['mcq'] += 1
+                elif question.endswith(SHORT_END):
+                    truth = yes_no_truth(question[:-len(SHORT_END)], found)
+                    assert answer == ('Yes' if truth else 'No'), record['id']
+                    formats[answer] += 1
                 else:
-                    raise AssertionError(f'unexpected question {question!r}')
+                    assert open_answer(question, found) == answer, record['id']
             checked += 1
     assert checked > 60
+    # the benchmark formats are taught, with both yes/no answers
+    assert formats['mcq'] and formats['Yes'] and formats['No']
 
 
 def test_splits_are_disjoint_and_in_llava_format(world):
@@ -130,6 +169,8 @@ def test_chance_levels_recomputed(world):
         turns = record['conversations']
         for q, a in zip(turns[::2], turns[1::2]):
             text = q['value'].replace('<image>', '').strip()
+            if text.endswith((MCQ_END, SHORT_END)):
+                continue  # chance is of the open questions the test asks
             kind = next(v for k, v in kinds.items() if text.startswith(k))
             answers[kind][a['value']] += 1
     majority = {k: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0]
@@ -205,7 +246,10 @@ def copyable_answers(record):
 def test_grounded_conversations_have_no_copyable_answer(tmp_path, questions):
     root = ensure_shapes_world(tmp_path / questions,
                                **dict(SMALL, questions=questions))
-    records = [r for r in load(root, 'instruct.json') if 'image' in r]
+    # the benchmark-format records are single questions whose options
+    # hold the answer by design
+    records = [r for r in load(root, 'instruct.json') if 'image' in r
+               and not r['id'].endswith(('_mcq', '_yesno'))]
     copyable = [q for r in records for q in copyable_answers(r)]
     if questions == 'all':  # the check finds the shortcuts where they are
         assert copyable

@@ -28,48 +28,18 @@ import numpy as np
 from dsvlm.registry import DATASETS
 from ..vlmeval_tsv import VLMEvalTSVDataset
 from .atomic import build_once
-from .scenes import COLORS, POSITIONS, SHAPES
+from .formats import (YES_NO_CATEGORIES, YES_NO_REQUEST, answer_vocabulary,
+                      letter, mcq_options, yes_no_questions)
 from .shapes import IMAGE_FOLDER, ensure_shapes_world, load_world_meta
-from .texts import IMAGE, _indefinite
+from .texts import IMAGE
 
 BENCHMARKS = dict(mcq='tiny_mcq.tsv', yesno='tiny_yesno.tsv')
 BENCHMARK_FOLDER = 'benchmarks'
 PARAMS_FILE = 'dsvlm_benchmarks.json'
 # bump when the files change, so that stale benchmarks are refused
 BENCHMARKS_VERSION = 1
-NUM_OPTIONS = 4
 CIRCULAR_OFFSET = 1_000_000  # MMBench's circular rows: index + k * 1e6
-YES_NO_CATEGORIES = ('existence', 'count', 'position', 'color')
-YES_NO_REQUEST = ' Please answer yes or no.'  # MME's questions end so
 MCQ_STREAM, YES_NO_STREAM = 0, 1  # random streams of the two files
-
-
-def answer_vocabulary(qtype: str, max_shapes: int) -> List[str]:
-    """Every answer of a question type (counts: at least 1 and 2)."""
-    counts = [str(k) for k in range(1, max(2, max_shapes) + 1)]
-    return dict(color=list(COLORS), shape=list(SHAPES),
-                position=list(POSITIONS), count=counts)[qtype]
-
-
-def _other(rng, values, value):
-    """A value of ``values`` other than ``value``."""
-    others = [v for v in values if v != value]
-    return others[int(rng.integers(len(others)))]
-
-
-def _mcq_options(rng, vocabulary: List[str], answer: str) -> List[str]:
-    """The answer and up to 3 distractors of its type, shuffled."""
-    if answer not in vocabulary:
-        raise ValueError(f'answer {answer!r} is not among {vocabulary}')
-    others = [v for v in vocabulary if v != answer]
-    picked = sorted(rng.choice(len(others), replace=False,
-                               size=min(NUM_OPTIONS - 1, len(others))))
-    options = [answer] + [others[i] for i in picked]
-    return [options[i] for i in rng.permutation(len(options))]
-
-
-def _letter(k: int) -> str:
-    return chr(ord('A') + k)
 
 
 def _test_items(world: Path):
@@ -95,7 +65,7 @@ def mcq_rows(world: Path, meta: dict) -> List[dict]:
     for j, (record, question, answer, name) in enumerate(_test_items(world)):
         rng = np.random.default_rng([seed, MCQ_STREAM, j])
         qtype = record['question_type']
-        options = _mcq_options(rng, answer_vocabulary(qtype, max_shapes),
+        options = mcq_options(rng, answer_vocabulary(qtype, max_shapes),
                                answer)
         row = dict(index=str(j), image=_image_base64(world, name),
                    question=question, category=qtype,
@@ -103,8 +73,8 @@ def mcq_rows(world: Path, meta: dict) -> List[dict]:
         n = len(options)
         for k in range(n):
             rotated = [options[(i + k) % n] for i in range(n)]
-            cells = dict(row, answer=_letter(rotated.index(answer)),
-                         **{_letter(i): o for i, o in enumerate(rotated)})
+            cells = dict(row, answer=letter(rotated.index(answer)),
+                         **{letter(i): o for i, o in enumerate(rotated)})
             if k:
                 cells.update(index=str(j + k * CIRCULAR_OFFSET), image=str(j))
                 rotations.append((k, j, cells))
@@ -112,38 +82,6 @@ def mcq_rows(world: Path, meta: dict) -> List[dict]:
                 originals.append(cells)
     return originals + [cells for _, _, cells in sorted(
         rotations, key=lambda r: r[:2])]
-
-
-def _yes_no_questions(category: str, objects: List[dict], rng,
-                      max_shapes: int):
-    """``(question answered Yes, question answered No)`` about an image."""
-    target = objects[int(rng.integers(len(objects)))]
-    color, shape, position = (target[k] for k in ('color', 'shape',
-                                                  'position'))
-    if category == 'existence':
-        absent = [c for c in COLORS if c not in {o['color'] for o in objects}]
-        other = absent[int(rng.integers(len(absent)))]
-        return (f'Is there {_indefinite(color)} {shape} in the image?',
-                f'Is there {_indefinite(other)} {shape} in the image?')
-    if category == 'count':
-        other = int(_other(rng, answer_vocabulary('count', max_shapes),
-                           str(len(objects))))
-        return _count_question(len(objects)), _count_question(other)
-    if category == 'position':
-        return (f'Is the {color} {shape} at the {position}?',
-                f'Is the {color} {shape} at the '
-                f'{_other(rng, POSITIONS, position)}?')
-    if category == 'color':
-        return (f'Is the {shape} {color}?',
-                f'Is the {shape} {_other(rng, list(COLORS), color)}?')
-    raise ValueError(f'unknown yes/no category {category!r}; valid: '
-                     f'{", ".join(YES_NO_CATEGORIES)}')
-
-
-def _count_question(n: int) -> str:
-    if n == 1:
-        return 'Is there only one shape in the image?'
-    return f'Are there {n} shapes in the image?'
 
 
 def yes_no_rows(world: Path, meta: dict) -> List[dict]:
@@ -155,7 +93,7 @@ def yes_no_rows(world: Path, meta: dict) -> List[dict]:
     for j, (_, _, _, name) in enumerate(_test_items(world)):
         rng = np.random.default_rng([seed, YES_NO_STREAM, j])
         category = YES_NO_CATEGORIES[j % len(YES_NO_CATEGORIES)]
-        questions = _yes_no_questions(category, scenes[name]['objects'], rng,
+        questions = yes_no_questions(category, scenes[name]['objects'], rng,
                                       max_shapes)
         first = 2 * j
         for k, (question, answer) in enumerate(zip(questions, ('Yes', 'No'))):

@@ -4,8 +4,10 @@ Layout of a world ``root``::
 
     images/{train,test}_{i:05d}.png   the images (image folder of all files)
     pretrain.json      stage 1: one caption conversation per train image
-    instruct.json      stage 2: question turns about each train image, plus a
-                       few text-only samples (no ``image`` key)
+    instruct.json      stage 2: question turns about each train image, for
+                       some images a multiple-choice and a yes/no question
+                       in the benchmarks' prompt formats, and a few
+                       text-only samples (no ``image`` key)
     test.json          one question per held-out image, balanced over the
                        question types; records carry ``question_type``
     scenes.json        ground truth objects of every image
@@ -20,19 +22,23 @@ from pathlib import Path
 
 import numpy as np
 
+from ..benchmark_prompts import multiple_choice_prompt, yes_no_prompt
 from .atomic import build_once
 from .scenes import (COLORS, POSITIONS, SCENE_WEIGHTINGS, SHAPES, draw_scene,
                      sample_scene, scene_to_records, shape_margin,
                      split_scenes)
+from .formats import (YES_NO_CATEGORIES, YES_NO_REQUEST, answer_vocabulary,
+                      letter, mcq_options, yes_no_questions)
 from .texts import (CAPTION_PROMPTS, QUESTION_TYPES, TEXT_FACTS, conversation,
                     question_answer, with_image, caption)
 
-WORLD_VERSION = 3
+WORLD_VERSION = 4
 DEFAULT_PARAMS = dict(num_images_train=2000, num_images_test=400,
                       image_size=32, seed=0, max_shapes=3, jitter=1,
                       num_text_only=40, test_scene_fraction=0.2,
                       questions='grounded', train_scenes='per_count',
-                      image_first=0.8)
+                      image_first=0.8, benchmark_formats=0.25)
+FORMAT_STREAM = 7  # random stream of the benchmark-format records
 QUESTION_SETS = ('grounded', 'all', 'some')
 IMAGE_FOLDER = 'images'
 
@@ -54,6 +60,9 @@ def world_params(**params):
     if not 0 <= p['jitter'] <= max_jitter:
         raise ValueError(f"jitter must be in 0..{max_jitter} for image_size "
                          f"{p['image_size']}, got {p['jitter']}")
+    if not 0 <= p['benchmark_formats'] <= 1:
+        raise ValueError('benchmark_formats must be in [0, 1], got '
+                         f"{p['benchmark_formats']}")
     if not 0 < p['test_scene_fraction'] < 1:
         raise ValueError('test_scene_fraction must be in (0, 1), got '
                          f"{p['test_scene_fraction']}")
@@ -100,6 +109,39 @@ def _instruct_pairs(rng, scene, questions):
               for i in rng.permutation(len(QUESTION_TYPES))[:num_turns]]
     return [(t, *question_answer(scene, t, int(rng.integers(k))))
             for t in qtypes]
+
+
+def _format_records(p, i, name, scene):
+    """Training records of image ``i`` in the benchmarks' prompt formats
+    (LLaVA-1.5's mix teaches them with A-OKVQA's multiple choice and VQAv2's
+    short answers): with probability ``benchmark_formats`` each, a
+    multiple-choice question answered by its letter and a yes/no question
+    answered Yes or No.  Drawn from a stream of their own, so that the
+    other records do not depend on ``benchmark_formats``."""
+    rng = np.random.default_rng([p['seed'], FORMAT_STREAM, i])
+    records = []
+    if rng.random() < p['benchmark_formats']:
+        qtype = QUESTION_TYPES[int(rng.integers(len(QUESTION_TYPES)))]
+        q, a = question_answer(scene, qtype, int(rng.integers(len(scene))))
+        options = mcq_options(rng, answer_vocabulary(qtype, p['max_shapes']),
+                              a)
+        prompt = multiple_choice_prompt(
+            q, {letter(k): o for k, o in enumerate(options)})
+        records.append(dict(id=f'{name[:-4]}_mcq', image=name,
+                            conversations=conversation([(
+                                with_image(prompt), letter(
+                                    options.index(a)))])))
+    if rng.random() < p['benchmark_formats']:
+        category = YES_NO_CATEGORIES[int(rng.integers(
+            len(YES_NO_CATEGORIES)))]
+        questions = yes_no_questions(category, scene_to_records(scene), rng,
+                                     p['max_shapes'])
+        k = int(rng.integers(2))
+        prompt = yes_no_prompt(questions[k] + YES_NO_REQUEST)
+        records.append(dict(id=f'{name[:-4]}_yesno', image=name,
+                            conversations=conversation([(
+                                with_image(prompt), ('Yes', 'No')[k])])))
+    return records
 
 
 def _chance(test_records, train_answers, max_shapes):
@@ -184,6 +226,7 @@ def generate_shapes_world(root, **params):
                     pairs[0][1])
         instruct.append(dict(id=name[:-4], image=name,
                              conversations=conversation(pairs)))
+        instruct += _format_records(p, i, name, scene)
         for t, _, a in qas:
             train_answers[t][a] += 1
     for j in range(p['num_text_only']):
@@ -215,6 +258,8 @@ def generate_shapes_world(root, **params):
             instruct_image_turns=sum(sum(c.values())
                                      for c in train_answers.values()),
             text_only_samples=p['num_text_only'],
+            benchmark_format_samples=sum(
+                r['id'].endswith(('_mcq', '_yesno')) for r in instruct),
             test_per_type=dict(Counter(r['question_type'] for r in test)),
             scenes_train={k: len(v) for k, v in pools['train'].items()},
             scenes_test={k: len(v) for k, v in pools['test'].items()}),

@@ -20,8 +20,10 @@ SPECIAL_TOKENS = ('<unk>', '<s>', '</s>', '<pad>', '<|begin_of_text|>',
 VOCAB_SIZE = 1000
 TEMPLATE_REPEATS = 1000
 PARAMS_FILE = 'dsvlm_tokenizer.json'
+# answers of the benchmark-format questions: option letters, yes and no
+FORMAT_ANSWERS = ('A', 'B', 'C', 'D', 'Yes', 'No')
 # bump when the training corpus changes, so a stale tokenizer is refused
-TOKENIZER_VERSION = 2
+TOKENIZER_VERSION = 3
 PARAMS = dict(vocab_size=VOCAB_SIZE, version=TOKENIZER_VERSION)
 
 
@@ -40,7 +42,7 @@ def _corpus(world: Path):
                     yield value
         # answers as templates write them: alone (llama3, qwen2) and after a
         # space (vicuna_v1), so that every answer word is one token
-        for answer in all_answers():
+        for answer in all_answers() + list(FORMAT_ANSWERS):
             yield answer
             yield ' ' + answer
 
