@@ -13,7 +13,7 @@ from dsvlm.datasets.tiny import (build_tiny_tokenizer, ensure_shapes_world,
                                  load_world_meta)
 
 SMALL = dict(num_images_train=40, num_images_test=24, image_size=32,
-             num_text_only=3)
+             num_text_only=3, benchmark_formats=0.5)
 PALETTE = {'red': (220, 40, 40), 'green': (40, 170, 60), 'blue': (40, 80, 230),
            'yellow': (235, 210, 30), 'purple': (150, 60, 200),
            'orange': (245, 140, 30)}
@@ -183,6 +183,20 @@ def test_chance_levels_recomputed(world):
                'count': 1 / 3}
     assert meta['chance']['uniform']['overall'] == pytest.approx(
         np.mean([uniform[r['question_type']] for r in test]))
+
+
+def test_without_benchmark_formats_the_world_is_as_before(tmp_path, world):
+    """``benchmark_formats`` only adds records: the other records, and the
+    tokenizer of a world without them, do not depend on it."""
+    plain = ensure_shapes_world(tmp_path / 'plain',
+                                **dict(SMALL, benchmark_formats=0.0))
+    with_formats = [r for r in load(world, 'instruct.json')
+                    if not r['id'].endswith(('_mcq', '_yesno'))]
+    assert load(plain, 'instruct.json') == with_formats
+    assert load(plain, 'test.json') == load(world, 'test.json')
+    vocab = build_tiny_tokenizer(plain).get_vocab()
+    assert 'Yes' not in vocab and 'ĠYes' not in vocab
+    assert {'Yes', 'ĠYes'} <= set(build_tiny_tokenizer(world).get_vocab())
 
 
 def test_other_parameters_on_the_same_root_fail(world):

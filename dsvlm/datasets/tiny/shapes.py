@@ -37,7 +37,7 @@ DEFAULT_PARAMS = dict(num_images_train=2000, num_images_test=400,
                       image_size=32, seed=0, max_shapes=3, jitter=1,
                       num_text_only=40, test_scene_fraction=0.2,
                       questions='grounded', train_scenes='per_count',
-                      image_first=0.8, benchmark_formats=0.25)
+                      image_first=0.8, benchmark_formats=0.0)
 FORMAT_STREAM = 7  # random stream of the benchmark-format records
 QUESTION_SETS = ('grounded', 'all', 'some')
 IMAGE_FOLDER = 'images'

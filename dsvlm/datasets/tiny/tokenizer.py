@@ -35,6 +35,11 @@ def _corpus(world: Path):
             for record in json.load(f):
                 for turn in record['conversations']:
                     yield turn['value'].replace('<image>', '')
+    # a world without benchmark-format questions keeps the tokenizer it had
+    # before they existed
+    with open(world / 'meta.json') as f:
+        formats = json.load(f)['params'].get('benchmark_formats', 0)
+    format_answers = list(FORMAT_ANSWERS) if formats else []
     for _ in range(TEMPLATE_REPEATS):  # frequent, so they merge into few tokens
         for template in TEMPLATES.values():
             for value in vars(template).values():
@@ -42,7 +47,7 @@ def _corpus(world: Path):
                     yield value
         # answers as templates write them: alone (llama3, qwen2) and after a
         # space (vicuna_v1), so that every answer word is one token
-        for answer in all_answers() + list(FORMAT_ANSWERS):
+        for answer in all_answers() + format_answers:
             yield answer
             yield ' ' + answer
 
