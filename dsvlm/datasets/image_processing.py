@@ -37,6 +37,8 @@ def pretrained_image_processor(path, backend='pil', **kwargs):
             f'image processor directory not found: {path} (set it in the '
             'config or with --cfg-options image_processor.path=DIR)')
     kwargs.setdefault('local_files_only', True)
+    # a directory's custom code runs only if the config asks for it
+    kwargs.setdefault('trust_remote_code', False)
     return AutoImageProcessor.from_pretrained(path, backend=backend, **kwargs)
 
 

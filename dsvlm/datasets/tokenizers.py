@@ -41,4 +41,6 @@ def pretrained_tokenizer(path, **kwargs):
             f'tokenizer directory not found: {path} (set it in the config or '
             'with --cfg-options tokenizer.path=DIR)')
     kwargs.setdefault('local_files_only', True)
+    # a directory's custom code runs only if the config asks for it
+    kwargs.setdefault('trust_remote_code', False)
     return AutoTokenizer.from_pretrained(path, **kwargs)

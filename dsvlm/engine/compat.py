@@ -5,9 +5,16 @@ patch wraps one upstream function, says what breaks without it and when it
 can go.  ``apply_mmengine_patches()`` applies them all, once; importing
 ``dsvlm.engine`` calls it, and so do the tools.
 
-Not patched: resuming under torch >= 2.6 (``torch.load`` defaulting to
-``weights_only=True``) broke mmengine 0.10.7, but 0.11.0rc3 passes
-``weights_only=False`` itself; ``tests/test_train_tool.py`` checks resume.
+Safe loading (7-9): MMEngine's and DeepSpeed's loaders unpickle with
+``weights_only=False``, so a crafted ``.pth`` runs code when loaded.  The
+CheckpointLoader scheme registry (7) makes every MMEngine route (``load_from``,
+``--resume``, ``load_checkpoint``, ``_load_checkpoint``) read local files with
+``dsvlm.utils.safe_load`` (``weights_only=True`` plus an allow-list of the
+training-state types) and refuse remote ones; (8) and (9) do the same for
+DeepSpeed's readers, scoped to a call.  dsvlm's own readers
+(``dsvlm.models.checkpoint``, the FSDP2 strategy) call ``safe_load``
+directly.  ``tests/test_safe_loading.py`` checks each route with a crafted
+pickle; ``tests/test_train_tool.py`` checks resume.
 
 :func:`finish_distributed` is not a patch but belongs here too: tools call
 it at the end of a run.
@@ -16,6 +23,7 @@ import contextlib
 import copy
 import functools
 import importlib.util
+import os.path as osp
 
 import torch
 
@@ -34,6 +42,7 @@ def apply_mmengine_patches():
     patch_flexible_runner_from_cfg()
     patch_unknown_type_errors()
     patch_epoch_restart_sleep()
+    patch_safe_checkpoint_loader()
     _applied = True
 
 
@@ -261,6 +270,136 @@ def patch_epoch_restart_sleep():
             loops.time = real_time
 
     iterator_cls.__next__ = _mark(__next__, original)
+
+
+# --- 7. MMEngine's checkpoint loader unpickles anything -------------------
+def _safe_local_loader(original):
+
+    def load_from_local_safely(filename, map_location=None):
+        filename = osp.expanduser(filename)
+        if not osp.isfile(filename):
+            raise FileNotFoundError(f'{filename} can not be found.')
+        from dsvlm.utils.safe_load import load_checkpoint_file
+        return load_checkpoint_file(filename, map_location)
+
+    wrapper = _mark(load_from_local_safely, original)
+    wrapper.__name__ = 'load_from_local_safely'  # logged as its backend
+    return wrapper
+
+
+def _refusing_remote_loader(original, prefix):
+
+    def load_from_remote_refused(filename, map_location=None, *args,
+                                 **kwargs):
+        raise ValueError(
+            f'{filename!r}: dsvlm loads checkpoints from local files only '
+            f'(MMEngine\'s {prefix!r} loader unpickles with '
+            'weights_only=False, which lets a crafted file run code); '
+            'download it and pass the local path')
+
+    wrapper = _mark(load_from_remote_refused, original)
+    wrapper.__name__ = 'load_from_remote_refused'
+    return wrapper
+
+
+def patch_safe_checkpoint_loader():
+    """Read checkpoints through MMEngine without running code from them.
+
+    Breaks upstream (security): ``CheckpointLoader``'s local loader
+    (``load_from_local``, used by ``load_from``, ``resume``,
+    ``load_checkpoint``, ``_load_checkpoint``, the strategies) and its
+    pavi/s3/open-mmlab loaders call ``torch.load(weights_only=False)``; the
+    http/torchvision/mmcls ones ``torch.hub.load_state_dict_from_url``,
+    whose ``weights_only`` defaults to False.  Unpickling a crafted ``.pth``
+    then runs arbitrary code.  Patch, through the scheme registry
+    (``CheckpointLoader.register_scheme(..., force=True)``, no function
+    replaced): local paths are read by
+    ``dsvlm.utils.safe_load.load_checkpoint_file`` (``weights_only=True``
+    with an explicit allow-list of training-state types, or safetensors;
+    errors name the file); every other registered scheme refuses, since
+    dsvlm never downloads weights.  Remove when MMEngine loads with
+    ``weights_only=True`` and an allow-list of its own.
+    """
+    from mmengine.runner.checkpoint import CheckpointLoader
+    for prefix, loader in list(CheckpointLoader._schemes.items()):
+        if is_patched(loader):
+            continue
+        safe = _safe_local_loader(loader) if prefix == '' else \
+            _refusing_remote_loader(loader, prefix)
+        CheckpointLoader.register_scheme(prefix, safe, force=True)
+
+
+# --- 8. DeepSpeed's zero_to_fp32 unpickles anything ------------------------
+class _TorchWithSafeLoad:
+    """The ``torch`` module, except that ``load`` is ``safe_torch_load``."""
+
+    def __init__(self, module):
+        self._module = module
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+    @staticmethod
+    def load(f, map_location=None, *args, mmap=None, **kwargs):
+        from dsvlm.utils.safe_load import safe_torch_load
+        return safe_torch_load(f, map_location, mmap=mmap)
+
+
+@contextlib.contextmanager
+def safe_zero_to_fp32():
+    """Within the block, DeepSpeed's ``zero_to_fp32`` reads checkpoint files
+    with ``safe_torch_load``.
+
+    Breaks upstream (security): ``deepspeed.utils.zero_to_fp32``
+    (``parse_model_states``, ``parse_optim_states``, used by
+    ``get_fp32_state_dict_from_zero_checkpoint``) calls
+    ``torch.load(weights_only=False)``.  Patch, for the duration of a call
+    (``deepspeed_checkpoint_to_state_dict`` enters it): the module's
+    ``torch`` global is a proxy whose ``load`` is the safe one.  Remove when
+    DeepSpeed loads with ``weights_only=True``.
+    """
+    from deepspeed.utils import zero_to_fp32
+    real = zero_to_fp32.torch
+    if isinstance(real, _TorchWithSafeLoad):  # nested
+        yield
+        return
+    zero_to_fp32.torch = _TorchWithSafeLoad(real)
+    try:
+        yield
+    finally:
+        zero_to_fp32.torch = real
+
+
+# --- 9. the DeepSpeed engine's checkpoint engine unpickles anything --------
+@contextlib.contextmanager
+def safe_deepspeed_checkpoint_engine(engine):
+    """Within the block, ``engine.load_checkpoint`` reads files with
+    ``safe_torch_load``.
+
+    Breaks upstream (security): ``DeepSpeedEngine.load_checkpoint`` reads
+    ``*model_states.pt`` and ``*optim_states.pt`` through its checkpoint
+    engine, whose ``TorchCheckpointEngine.load`` calls
+    ``torch.load(weights_only=False)``.  Patch, on this engine's checkpoint
+    engine only and for the duration of a load
+    (``DeepSpeedZeroStrategy.load_checkpoint`` / ``resume`` enter it): its
+    ``load`` is the safe one.  Remove when DeepSpeed loads with
+    ``weights_only=True``.
+    """
+    from dsvlm.utils.safe_load import safe_torch_load
+    checkpoint_engine = engine.checkpoint_engine
+    own = checkpoint_engine.__dict__.get('load')
+
+    def load(path, map_location=None):
+        return safe_torch_load(path, map_location)
+
+    checkpoint_engine.load = _mark(load, type(checkpoint_engine).load)
+    try:
+        yield
+    finally:
+        if own is None:
+            del checkpoint_engine.load
+        else:
+            checkpoint_engine.load = own
 
 
 # --- not a patch: clean shutdown of the process group ----------------------

@@ -3,14 +3,19 @@
 A 7B run with a frozen LLM or LoRA saves megabytes, not 14 GB: frozen weights
 come back from the ``pretrained`` directories when the model is built, so a
 checkpoint only needs what training changed.
+
+Every checkpoint is read safely (``dsvlm.utils.safe_load``): tensors and an
+allow-list of training-state types, never code; a truncated or malformed
+file is an error naming it.
 """
 import os
 from typing import Dict, Iterable
 
 import torch
 from mmengine.logging import print_log
-from mmengine.runner.checkpoint import _load_checkpoint
 from torch import nn
+
+from dsvlm.utils.safe_load import CheckpointLoadError, load_checkpoint_file
 
 
 def trainable_names(model: nn.Module) -> set:
@@ -82,8 +87,12 @@ def resolve_checkpoint_path(path: str) -> str:
     at every save)."""
     path = os.path.expanduser(str(path))
     if os.path.isdir(path) and checkpoint_format(path) == 'work_dir':
-        with open(os.path.join(path, 'last_checkpoint')) as f:
+        pointer = os.path.join(path, 'last_checkpoint')
+        with open(pointer) as f:
             path = f.read().strip()
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f'no checkpoint at {path!r}, which {pointer} names')
     if not os.path.exists(path):
         raise FileNotFoundError(f'no checkpoint at {path!r}')
     return path
@@ -92,9 +101,13 @@ def resolve_checkpoint_path(path: str) -> str:
 def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     """The model weights of a checkpoint in any format the strategies
     write (a plain ``.pth``, a DeepSpeed or an FSDP2 directory, or a
-    work_dir's newest), as one plain state dict on the CPU.  A sharded
-    checkpoint is read without a process group, on any number of
-    processes it was written with."""
+    work_dir's newest) or a ``.safetensors`` file, as one plain state dict
+    on the CPU.  A sharded checkpoint is read without a process group, on
+    any number of processes it was written with.  Files are read with
+    ``weights_only=True`` and an allow-list of training-state types
+    (:mod:`dsvlm.utils.safe_load`): a crafted pickle raises
+    ``UnsafeCheckpointError``, a truncated file ``CheckpointLoadError``,
+    both naming the file."""
     path = resolve_checkpoint_path(path)
     fmt = checkpoint_format(path)
     if fmt == 'deepspeed':
@@ -105,8 +118,15 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
         from dsvlm.engine.strategies.fsdp2 import \
             fsdp2_checkpoint_to_state_dict
         return fsdp2_checkpoint_to_state_dict(path)
-    checkpoint = _load_checkpoint(path, map_location='cpu')
-    return checkpoint.get('state_dict', checkpoint)
+    checkpoint = load_checkpoint_file(path, map_location='cpu')
+    state = checkpoint.get('state_dict', checkpoint) \
+        if isinstance(checkpoint, dict) else checkpoint
+    if not isinstance(state, dict) or not all(
+            isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointLoadError(
+            f'{path} is not a state dict (nor a checkpoint with a '
+            f'`state_dict` of tensors): it holds a {type(state).__name__}')
+    return state
 
 
 def load_pretrained_pth(model: nn.Module, path: str) -> list:

@@ -8,6 +8,10 @@ same config builds
 * the same architecture with random weights, from ``config`` (tests, the tiny
   world, and :func:`architecture_only`, which ``tools/inspect_model.py`` uses
   to build the real configs on the meta device without any weights).
+
+A directory's custom code (``auto_map`` in its ``config.json``) is never
+run: the Auto classes get ``trust_remote_code=False`` explicitly (left
+unset, transformers would ask on an interactive terminal).
 """
 import contextlib
 import os
@@ -97,11 +101,14 @@ def build_hf_module(model_cls,
         kwargs = dict(pretrained_kwargs)
         if dtype is not None:
             kwargs['dtype'] = dtype
+        if is_auto:
+            kwargs.setdefault('trust_remote_code', False)
         return model_cls.from_pretrained(path, local_files_only=True, **kwargs)
     if config is None:
         if pretrained and os.path.isdir(os.path.expanduser(str(pretrained))):
             hf_config = config_cls.from_pretrained(
-                os.path.expanduser(str(pretrained)), local_files_only=True)
+                os.path.expanduser(str(pretrained)), local_files_only=True,
+                **(dict(trust_remote_code=False) if is_auto else {}))
         else:
             raise ValueError(
                 f'{what}: needs `pretrained` (a local directory) or `config` '

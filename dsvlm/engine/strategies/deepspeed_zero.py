@@ -52,6 +52,8 @@ from mmengine._strategy.deepspeed import MMDeepSpeedEngineWrapper
 from mmengine.utils import apply_to
 from torch import nn
 
+from dsvlm.engine.compat import (safe_deepspeed_checkpoint_engine,
+                                 safe_zero_to_fp32)
 from dsvlm.registry import MODEL_WRAPPERS, STRATEGIES
 
 # 'auto' sizes, filled from the LLM hidden size h as transformers' Trainer
@@ -176,6 +178,21 @@ class DeepSpeedZeroStrategy(DeepSpeedStrategy):
             replicate_frozen_parameters(engine, self.replicate_frozen)
         return VLMDeepSpeedEngineWrapper(model=engine,
                                          inputs_to_half=self._inputs_to_half)
+
+    # ------------------------------------------------------------ loading
+    def load_checkpoint(self, filename: str, **kwargs) -> dict:
+        """MMEngine's, reading the files safely (``weights_only=True``,
+        allow-listed types) and failing with the directory's name when it
+        is not a DeepSpeed checkpoint."""
+        check_deepspeed_checkpoint(filename)
+        with safe_deepspeed_checkpoint_engine(self.model.model):
+            return super().load_checkpoint(filename, **kwargs)
+
+    def resume(self, filename: str, **kwargs) -> dict:
+        """MMEngine's, reading the files safely (see ``load_checkpoint``)."""
+        check_deepspeed_checkpoint(filename)
+        with safe_deepspeed_checkpoint_engine(self.model.model):
+            return super().resume(filename, **kwargs)
 
     @property
     def half_dtype(self) -> Optional[torch.dtype]:
@@ -309,6 +326,17 @@ def replicate_frozen_parameters(engine, prefixes) -> List:
 
 
 # ---------------------------------------------------------------- checkpoints
+def check_deepspeed_checkpoint(path: str) -> None:
+    """Fail, naming ``path``, unless it is a DeepSpeed checkpoint directory
+    (DeepSpeed itself only warns and returns nothing)."""
+    if not osp.isdir(path) or not any(
+            name.endswith('model_states.pt') for name in os.listdir(path)):
+        raise FileNotFoundError(
+            f'{path!r} is not a DeepSpeed checkpoint directory (one with '
+            '*model_states.pt files, such as work_dir/iter_N.pth/ saved by '
+            'DeepSpeedZeroStrategy)')
+
+
 def deepspeed_checkpoint_to_state_dict(path: str) -> Dict[str, torch.Tensor]:
     """The trainable fp32 weights of a DeepSpeed ZeRO-2/3 checkpoint.
 
@@ -336,7 +364,8 @@ def deepspeed_checkpoint_to_state_dict(path: str) -> Dict[str, torch.Tensor]:
             '*model_states.pt files, such as work_dir/iter_N.pth/ saved by '
             'DeepSpeedZeroStrategy) nor a work_dir with `last_checkpoint`.')
     checkpoint_dir, tag = osp.split(path.rstrip(osp.sep))
-    state = get_fp32_state_dict_from_zero_checkpoint(
-        checkpoint_dir, tag=tag, exclude_frozen_parameters=True)
+    with safe_zero_to_fp32():  # weights_only=True, allow-listed types
+        state = get_fp32_state_dict_from_zero_checkpoint(
+            checkpoint_dir, tag=tag, exclude_frozen_parameters=True)
     return dict(state)
 

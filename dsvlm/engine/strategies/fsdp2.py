@@ -14,6 +14,7 @@ schedulers, optimizer-wrapper extras).  It loads on any number of
 processes; :func:`fsdp2_checkpoint_to_state_dict` reads it without a
 process group.
 """
+import contextlib
 import os
 import os.path as osp
 import re
@@ -28,6 +29,7 @@ from mmengine._strategy import DDPStrategy
 from mmengine.dist import is_main_process
 from mmengine.utils import get_git_hash
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
     set_model_state_dict, set_optimizer_state_dict)
@@ -37,6 +39,9 @@ from torch.distributed.fsdp import (FSDPModule, MixedPrecisionPolicy,
 from torch.distributed.tensor import DTensor
 
 from dsvlm.registry import STRATEGIES
+from dsvlm.utils.safe_load import (CheckpointLoadError, load_checkpoint_file,
+                                   read_dcp_metadata, safe_file_system_reader,
+                                   safe_torch_load)
 
 EXTRA_STATE_FILE = 'extra_state.pth'
 MODEL_KEY, OPTIM_KEY = 'state_dict', 'optimizer'
@@ -255,7 +260,7 @@ class FSDP2Strategy(DDPStrategy):
             state[OPTIM_KEY]['state'] = {
                 k: v for k, v in state[OPTIM_KEY]['state'].items()
                 if k in with_state}
-        dcp.load(state, checkpoint_id=path)
+        load_dcp(state, path)
         set_model_state_dict(self.model, state[MODEL_KEY],
                              options=StateDictOptions(strict=False))
         if optimizer:
@@ -267,9 +272,8 @@ class FSDP2Strategy(DDPStrategy):
 
     def _load_plain_checkpoint(self, filename, strict, revise_keys,
                                callback):
-        """Every rank reads the whole file and keeps its shards."""
-        from mmengine.runner.checkpoint import _load_checkpoint
-        checkpoint = _load_checkpoint(filename, map_location='cpu')
+        """Every rank reads the whole file (safely) and keeps its shards."""
+        checkpoint = load_checkpoint_file(filename, map_location='cpu')
         if callback is not None:
             callback(checkpoint)
         state = checkpoint.pop('state_dict', checkpoint)
@@ -403,15 +407,38 @@ def is_fsdp2_checkpoint(path: str) -> bool:
 
 
 def _read_extra(path: str) -> dict:
-    # written by save_checkpoint (MMEngine objects: not weights_only)
-    return torch.load(osp.join(path, EXTRA_STATE_FILE), map_location='cpu',
-                      weights_only=False)
+    # written by save_checkpoint: MMEngine's message hub, numpy values ...
+    # (weights_only=True with dsvlm.utils.safe_load's allow-list)
+    return safe_torch_load(osp.join(path, EXTRA_STATE_FILE), 'cpu')
+
+
+def load_dcp(state: dict, path: str) -> None:
+    """``dcp.load`` whose ``.metadata`` is read without plain ``pickle``
+    (:func:`dsvlm.utils.safe_load.read_dcp_metadata`); a shard that cannot
+    be read is an error naming the checkpoint."""
+    with _naming_errors(path):
+        dcp.load(state, storage_reader=safe_file_system_reader(path))
+
+
+@contextlib.contextmanager
+def _naming_errors(path: str):
+    read_dcp_metadata(path)  # refused here, not as one of DCP's retries
+    try:
+        yield
+    except CheckpointLoadError:
+        raise
+    except (RuntimeError, ValueError, EOFError, KeyError,
+            CheckpointException) as error:
+        raise CheckpointLoadError(
+            f'cannot load checkpoint {path}: a shard is truncated, missing '
+            f'or does not match ({type(error).__name__}: '
+            f'{str(error).strip()[:500]})') from None
 
 
 def _saved_paths(path: str) -> set:
     """The nested keys of every entry in a DCP directory, e.g.
     ``('state_dict', 'llm.model.norm.weight')``."""
-    metadata = dcp.FileSystemReader(path).read_metadata()
+    metadata = read_dcp_metadata(path)
     planner_data = metadata.planner_data or {}
     return {tuple(planner_data.get(key, (key, )))
             for key in metadata.state_dict_metadata}
@@ -430,7 +457,8 @@ def fsdp2_checkpoint_to_state_dict(path: str) -> dict:
             f'{path!r} is not an FSDP2 (torch.distributed.checkpoint) '
             'checkpoint directory: it has no .metadata file')
     state: dict = {}
-    _load_state_dict(state, storage_reader=dcp.FileSystemReader(path),
-                     planner=_EmptyStateDictLoadPlanner(keys={MODEL_KEY}),
-                     no_dist=True)
+    with _naming_errors(path):
+        _load_state_dict(state, storage_reader=safe_file_system_reader(path),
+                         planner=_EmptyStateDictLoadPlanner(keys={MODEL_KEY}),
+                         no_dist=True)
     return dict(state.get(MODEL_KEY, {}))
