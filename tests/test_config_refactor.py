@@ -10,6 +10,9 @@ except for the changes listed here, each made on purpose:
   layers live in ``vision_encoder.feature_levels``: SigLIP's 9/18/26 there)
   and takes the image normalisation from the model's image processor;
 * the LLaVA Mini-Gemini run has its own Mini-Gemini stage 1.
+
+Later issues add theirs at the end of ``intended_changes`` (issue 10: the
+checkpoint hook is ``SafeCheckpointHook``).
 """
 import json
 import os.path as osp
@@ -51,6 +54,13 @@ def intended_changes(name, before):
             if name.startswith('dsvlm/siglip'):
                 changes.update({f'{sup}image_mean': MISSING,
                                 f'{sup}image_std': MISSING})
+    # issue 10: crash-safe checkpoints
+    if before.get('default_hooks.checkpoint.type') == 'CheckpointHook':
+        changes['default_hooks.checkpoint.type'] = 'SafeCheckpointHook'
+    # issue 10: optimizer wrappers that never apply a non-finite step
+    wrapper = before.get('optim_wrapper.type', MISSING)
+    if wrapper in ('OptimWrapper', 'AmpOptimWrapper', 'DeepSpeedOptimWrapper'):
+        changes['optim_wrapper.type'] = 'FiniteStep' + wrapper
     return changes
 
 

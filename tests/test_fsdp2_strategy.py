@@ -29,6 +29,7 @@ from torch.distributed.tensor import DTensor
 
 from ports import free_port
 from test_tiny_world_training import world_options as tiny_world_options
+from dsvlm.engine.checkpoint_files import MANIFEST
 from dsvlm.engine.config import load_config
 from dsvlm.engine.strategies.fsdp2 import (EXTRA_STATE_FILE, FSDP2Strategy,
                                            fsdp2_checkpoint_to_state_dict)
@@ -147,8 +148,11 @@ def test_fsdp2_trains_to_the_weights_of_ddp(runs):
 def test_checkpoint_is_one_shard_per_rank(runs):
     ckpt = runs[0] / 'fsdp' / f'iter_{STOP}.pth'
     assert ckpt.is_dir()
+    # the shards, the training state, and the completion marker written
+    # last (dsvlm.engine.checkpoint_files)
     assert sorted(os.listdir(ckpt)) == sorted(
-        ['.metadata', '__0_0.distcp', '__1_0.distcp', EXTRA_STATE_FILE])
+        ['.metadata', '__0_0.distcp', '__1_0.distcp', EXTRA_STATE_FILE,
+         MANIFEST])
     # sharded, not gathered: every weight and optimizer state that can be
     # split is saved as two chunks, one from each rank
     metadata = dcp.FileSystemReader(str(ckpt)).read_metadata()

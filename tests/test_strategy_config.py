@@ -61,7 +61,7 @@ def test_deepspeed_gets_what_the_config_states(monkeypatch, world_size,
     assert batch * steps * world_size == cfg.global_batch_size == 128
     assert strategy.gradient_clipping == 1.0  # optim_wrapper.clip_grad
     assert strategy.bf16 == dict(enabled=True)  # AmpOptimWrapper bfloat16
-    assert optim.type == 'DeepSpeedOptimWrapper'
+    assert optim.type == 'FiniteStepDeepSpeedOptimWrapper'  # keeps the guard
     assert optim.constructor == 'TrainableOptimWrapperConstructor'
     for moved in ('clip_grad', 'dtype', 'accumulative_counts'):
         assert moved not in optim
@@ -104,7 +104,7 @@ def test_fsdp_gets_bf16_from_the_amp_wrapper(monkeypatch):
     # the whole DeepSpeed strategy of the config is gone, not merged
     assert 'zero_optimization' not in cfg.strategy
     optim = cfg.optim_wrapper
-    assert optim.type == 'OptimWrapper' and 'dtype' not in optim
+    assert optim.type == 'FiniteStepOptimWrapper' and 'dtype' not in optim
     assert optim.clip_grad == dict(max_norm=1.0)
     assert optim.accumulative_counts == 1  # 128 = 16 x 8 processes
 
@@ -113,7 +113,7 @@ def test_ddp_preset_is_the_plain_runner(monkeypatch):
     cfg = _load('configs/llava/clip_vicuna7b.py', strategy='ddp',
                 world_size=2, monkeypatch=monkeypatch)
     assert cfg.runner_type == 'Runner' and cfg.strategy is None
-    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    assert cfg.optim_wrapper.type == 'FiniteStepAmpOptimWrapper'
     assert cfg.optim_wrapper.accumulative_counts == 4
 
 

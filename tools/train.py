@@ -31,8 +31,8 @@ def parse_args(argv=None):
     parser.add_argument('config', help='train config file path')
     parser.add_argument(
         '--resume', nargs='?', type=str, const='auto',
-        help='resume from the given checkpoint, or, without a value, from '
-        'the latest checkpoint in the work dir')
+        help='resume from the given checkpoint, or with `auto` (the same as '
+        'no value) from the newest complete checkpoint in the work dir')
     parser.add_argument('--amp', action='store_true',
                         help='enable automatic-mixed-precision training')
     parser.add_argument(
@@ -49,12 +49,16 @@ def merge_args(cfg, args):
     apply_runner_args(cfg, args)
 
     if args.amp:
+        from dsvlm.engine.strategy_config import (mmengine_wrapper_type,
+                                                  same_guard)
         wrapper_type = cfg.optim_wrapper.get('type', 'OptimWrapper')
-        if wrapper_type not in ('OptimWrapper', 'AmpOptimWrapper'):
+        if mmengine_wrapper_type(wrapper_type) not in ('OptimWrapper',
+                                                       'AmpOptimWrapper'):
             raise ValueError(
                 f'--amp needs optim_wrapper.type OptimWrapper or '
-                f'AmpOptimWrapper, but the config has {wrapper_type!r}.')
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+                f'AmpOptimWrapper (or their FiniteStep* twins), but the '
+                f'config has {wrapper_type!r}.')
+        cfg.optim_wrapper.type = same_guard(wrapper_type, 'AmpOptimWrapper')
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
 
     if args.resume == 'auto':
@@ -63,6 +67,31 @@ def merge_args(cfg, args):
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume
+    return cfg
+
+
+def resolve_auto_resume(cfg):
+    """``resume=True`` without ``load_from`` (``--resume [auto]``): the
+    newest complete checkpoint of the work_dir, skipping (and naming)
+    incomplete ones; no checkpoint there starts the run from scratch."""
+    if cfg.get('resume') is not True or cfg.get('load_from') is not None:
+        return cfg
+    from mmengine.logging import print_log
+
+    from dsvlm.engine.checkpoint_files import find_resume_checkpoint
+
+    def log(message):
+        if os.environ.get('RANK', '0') == '0':
+            print_log(message, logger='current')
+
+    found = find_resume_checkpoint(cfg.work_dir, log=log)
+    if found is None:
+        log(f'--resume: no complete checkpoint in {cfg.work_dir}; training '
+            'from scratch')
+        cfg.resume = False
+    else:
+        log(f'--resume: resuming from {found}')
+        cfg.load_from = found
     return cfg
 
 
@@ -91,6 +120,7 @@ def main(argv=None):
     cfg = load_config(args.config, args.cfg_options, launcher=args.launcher,
                       strategy=args.strategy, complete=False)
     cfg = merge_args(cfg, args)
+    resolve_auto_resume(cfg)
     complete_config(cfg, world_size=world_size_from_env(args.launcher))
     single_process_deepspeed_env(cfg)
     runner = RUNNERS.build(cfg)  # `runner_type` picks the class

@@ -6,11 +6,13 @@ default_hooks = dict(
     logger=dict(type='LoggerHook', interval=10),
     param_scheduler=dict(type='ParamSchedulerHook'),
     # One epoch is the whole run, so save by iteration.  Checkpoints hold the
-    # trainable weights only (LlavaModel.save_trainable_only); MMEngine writes
+    # trainable weights only (LlavaModel.save_trainable_only); the hook writes
     # `<work_dir>/last_checkpoint`, which a stage-2 `pretrained_pth` may name
-    # by giving the stage-1 work_dir.
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=1000,
-                    max_keep_ckpts=2, save_last=True),
+    # by giving the stage-1 work_dir.  SafeCheckpointHook: CheckpointHook's
+    # arguments, crash-safe saves (written aside, renamed when complete, old
+    # ones removed after)
+    checkpoint=dict(type='SafeCheckpointHook', by_epoch=False,
+                    interval=1000, max_keep_ckpts=2, save_last=True),
     sampler_seed=dict(type='DistSamplerSeedHook'),
 )
 

@@ -70,8 +70,10 @@ train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters,
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 
+# a step with a non-finite loss or gradient norm is skipped; 5 in a row
+# stop the run (dsvlm/engine/optim_wrappers.py)
 optim_wrapper = dict(
-    type='OptimWrapper',
+    type='FiniteStepOptimWrapper',
     optimizer=dict(type='AdamW', lr=5e-4, weight_decay=0.0,
                    betas=(0.9, 0.98), fused=True),
     clip_grad=dict(max_norm=1.0))
@@ -84,7 +86,7 @@ param_scheduler = [
 
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False,
+    checkpoint=dict(type='SafeCheckpointHook', by_epoch=False,
                     interval=max_iters, max_keep_ckpts=1))
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
 # The trained encoder's last layer and post-LayerNorm get no gradient (the

@@ -3,9 +3,10 @@ hooks.
 
 Importing this package applies :func:`apply_mmengine_patches` (see
 ``compat.py``).  It is also the import location of dsvlm's runners, loops,
-strategies, optimizer constructors and other engine registries.
+strategies, optimizer constructors and wrappers, and other engine
+registries.
 """
-from . import optim_constructor, strategies  # noqa: F401  (registration)
+from . import optim_constructor, optim_wrappers, strategies  # noqa: F401
 from .compat import apply_mmengine_patches
 from .config import complete_config, load_config
 

@@ -149,11 +149,11 @@ def strategy_from_config(cfg):
     ``strategy`` (none or ``runner_type='Runner'``: DDP) and the precision
     it trains in (DeepSpeed's ``bf16``/``fp16``, FSDP2's
     ``mixed_precision``, else an ``AmpOptimWrapper``)."""
-    from .strategy_config import strategy_kind
+    from .strategy_config import mmengine_wrapper_type, strategy_kind
     kind = strategy_kind(cfg)
     strategy = cfg.get('strategy') or {}
     optim = cfg.get('optim_wrapper') or {}
-    amp = optim.get('type') == 'AmpOptimWrapper'
+    amp = mmengine_wrapper_type(optim.get('type')) == 'AmpOptimWrapper'
     if kind == 'ddp' or cfg.get('runner_type', 'Runner') == 'Runner':
         return Strategy('ddp'), PRECISIONS['amp' if amp else 'fp32']
     if kind == 'fsdp2':

@@ -16,6 +16,9 @@ AmpOptimWrapper dtype         bf16 / fp16 enabled             mixed_precision
 optim_wrapper type            DeepSpeedOptimWrapper           OptimWrapper
 ============================  ===========================================
 
+A ``FiniteStep*`` wrapper (``dsvlm.engine.optim_wrappers``) becomes the
+``FiniteStep*`` twin of the engine's, keeping its non-finite policy.
+
 Gradient accumulation from ``global_batch_size`` is set by
 ``dsvlm.engine.config.set_gradient_accumulation`` for every strategy.  Both
 sharded strategies build the optimizer with
@@ -33,8 +36,32 @@ PRESETS_DIR = osp.join(osp.dirname(osp.dirname(osp.dirname(
 
 DEEPSPEED_STRATEGIES = ('DeepSpeedStrategy', 'DeepSpeedZeroStrategy')
 FSDP_STRATEGIES = ('FSDP2Strategy', )
-PLAIN_OPTIM_WRAPPERS = ('OptimWrapper', 'AmpOptimWrapper')
+# MMEngine's wrappers and dsvlm's twins that never apply a non-finite step
+FINITE_STEP_WRAPPERS = {
+    'OptimWrapper': 'FiniteStepOptimWrapper',
+    'AmpOptimWrapper': 'FiniteStepAmpOptimWrapper',
+    'DeepSpeedOptimWrapper': 'FiniteStepDeepSpeedOptimWrapper',
+}
+PLAIN_OPTIM_WRAPPERS = ('OptimWrapper', 'AmpOptimWrapper',
+                        'FiniteStepOptimWrapper', 'FiniteStepAmpOptimWrapper')
 TRAINABLE_CONSTRUCTOR = 'TrainableOptimWrapperConstructor'
+
+
+def mmengine_wrapper_type(wrapper_type: str) -> str:
+    """The MMEngine optim wrapper type that ``wrapper_type`` is or
+    extends (``'AmpOptimWrapper'`` for ``'FiniteStepAmpOptimWrapper'``)."""
+    for base, guarded in FINITE_STEP_WRAPPERS.items():
+        if wrapper_type == guarded:
+            return base
+    return wrapper_type
+
+
+def same_guard(wrapper_type: str, target: str) -> str:
+    """``target`` (an MMEngine wrapper type), as its ``FiniteStep*`` twin
+    when ``wrapper_type`` is one."""
+    if wrapper_type in FINITE_STEP_WRAPPERS.values():
+        return FINITE_STEP_WRAPPERS[target]
+    return target
 
 
 def strategy_names() -> List[str]:
@@ -110,7 +137,8 @@ def _optim_wrapper(cfg):
 
 def _amp_dtype(optim):
     """The autocast dtype of an AmpOptimWrapper config, or None."""
-    if optim.get('type', 'OptimWrapper') != 'AmpOptimWrapper':
+    if mmengine_wrapper_type(optim.get('type', 'OptimWrapper')) != \
+            'AmpOptimWrapper':
         return None
     return optim.get('dtype') or 'float16'  # MMEngine's default on CUDA
 
@@ -139,9 +167,11 @@ def _fill_deepspeed(cfg):
     elif dtype is not None:
         raise ValueError(f'optim_wrapper.dtype={dtype!r}: DeepSpeed trains '
                          "in 'bfloat16' or 'float16'")
-    for key in ('dtype', 'loss_scale', 'accumulative_counts'):
+    for key in ('dtype', 'loss_scale', 'accumulative_counts',
+                'check_weights_on_save'):
         optim.pop(key, None)
-    optim['type'] = 'DeepSpeedOptimWrapper'
+    optim['type'] = same_guard(optim.get('type', 'OptimWrapper'),
+                               'DeepSpeedOptimWrapper')
 
 
 def _fill_fsdp2(cfg):
@@ -155,4 +185,6 @@ def _fill_fsdp2(cfg):
                                            reduce_dtype='float32')
     for key in ('dtype', 'loss_scale'):
         optim.pop(key, None)
-    optim['type'] = 'OptimWrapper'  # FSDP2 casts; no autocast on top
+    # FSDP2 casts; no autocast on top
+    optim['type'] = same_guard(optim.get('type', 'OptimWrapper'),
+                               'OptimWrapper')

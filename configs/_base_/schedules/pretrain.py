@@ -15,9 +15,11 @@ model = dict(
 global_batch_size = 256
 max_length = 2048
 
-# bf16 autocast with fp32 master weights (LLaVA: --bf16 True).
+# bf16 autocast with fp32 master weights (LLaVA: --bf16 True).  A step with
+# a non-finite loss or gradient norm is skipped, and 5 in a row stop the run
+# (nonfinite='stop', max_consecutive_nonfinite=5: optim_wrappers.py).
 optim_wrapper = dict(
-    type='AmpOptimWrapper',
+    type='FiniteStepAmpOptimWrapper',
     dtype='bfloat16',
     optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
                    weight_decay=0.0),
