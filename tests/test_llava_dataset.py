@@ -159,6 +159,52 @@ def test_malformed_jsonl_line(data_dir, test_tokenizer):
         make(data_dir, test_tokenizer, ann='bad.jsonl')
 
 
+def test_non_utf8_jsonl_names_each_bad_line_and_hides_nothing(
+        data_dir, test_tokenizer):
+    """A Latin-1 line is named (line and column), and the file's other
+    problems are still reported."""
+    lines = [json.dumps(RECORDS[0]).encode(),
+             json.dumps(dict(RECORDS[1], id='caf\u00e9'),
+                        ensure_ascii=False).encode('latin-1'),
+             b'{"id": "broken", ']
+    (data_dir / 'bad.jsonl').write_bytes(b'\n'.join(lines))
+    with pytest.raises(DataError) as e:
+        make(data_dir, test_tokenizer, ann='bad.jsonl')
+    message = str(e.value)
+    assert '[bad_encoding]' in message and 'bad.jsonl, line 2' in message
+    assert 'byte 0xe9' in message
+    assert '[bad_json]' in message and 'line 3' in message
+    dataset = make(data_dir, test_tokenizer, ann='bad.jsonl',
+                   skip_invalid=True)
+    assert len(dataset) == 1
+    assert [p.kind for p in dataset.problems] == ['bad_encoding', 'bad_json']
+
+
+def test_non_utf8_json_names_the_line(data_dir, test_tokenizer):
+    text = json.dumps(RECORDS, indent=1, ensure_ascii=False)
+    text = text.replace('Red.', 'Rouge fonc\u00e9.')
+    (data_dir / 'bad.json').write_bytes(text.encode('latin-1'))
+    line = text[:text.index('Rouge')].count('\n') + 1
+    with pytest.raises(DataError, match=rf'\[bad_encoding\] .*bad\.json, '
+                       rf'line {line}\b.*not UTF-8'):
+        make(data_dir, test_tokenizer, ann='bad.json')
+
+
+@pytest.mark.parametrize('path', ['/etc/passwd', '../../secret.png',
+                                  'sub/../../x.png'])
+def test_image_paths_outside_the_image_folder_are_refused(
+        data_dir, test_tokenizer, path):
+    records = [RECORDS[1], dict(RECORDS[0], id='escape', image=path)]
+    write(data_dir / 'bad.json', json.dumps(records))
+    with pytest.raises(DataError, match=r"\[bad_image_path\].*id 'escape'"
+                       r'.*leaves the image folder'):
+        make(data_dir, test_tokenizer, ann='bad.json')
+    # a path that only passes through a subfolder stays allowed
+    ok = [dict(RECORDS[0], image='sub/../red.png')]
+    write(data_dir / 'ok.json', json.dumps(ok))
+    assert len(make(data_dir, test_tokenizer, ann='ok.json')) == 1
+
+
 BAD_RECORDS = [
     {'id': 'noans', 'conversations': [{'from': 'human', 'value': 'Hi?'}]},
     {'id': 'twice', 'conversations': [

@@ -81,15 +81,36 @@ def load_annotations(ann_file: str, skip_invalid: bool = False) -> Annotations:
     return ann
 
 
-def _parse_json(ann_file: str, problems: list) -> list:
-    with open(ann_file, encoding='utf-8') as f:
+def _utf8_lines(ann_file: str, problems: list) -> List[Optional[str]]:
+    """The file's lines decoded as UTF-8; a line that is not UTF-8 is None,
+    with a ``bad_encoding`` problem naming its line and column."""
+    with open(ann_file, 'rb') as f:
+        raw_lines = f.read().split(b'\n')
+    lines = []
+    for lineno, raw in enumerate(raw_lines, start=1):
         try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            problems.append(DataProblem('bad_json', ann_file,
-                                        f'{e.msg} (column {e.colno})',
-                                        line=e.lineno))
-            return []
+            lines.append(raw.decode('utf-8'))
+        except UnicodeDecodeError as e:
+            problems.append(DataProblem(
+                'bad_encoding', ann_file,
+                f'not UTF-8: byte 0x{raw[e.start]:02x} at column '
+                f'{e.start + 1} (annotation files are UTF-8 JSON; convert '
+                'it, e.g. iconv -f latin1 -t utf-8)', line=lineno))
+            lines.append(None)
+    return lines
+
+
+def _parse_json(ann_file: str, problems: list) -> list:
+    lines = _utf8_lines(ann_file, problems)
+    if None in lines:  # undecodable lines are listed; the rest cannot parse
+        return []
+    try:
+        data = json.loads('\n'.join(lines))
+    except json.JSONDecodeError as e:
+        problems.append(DataProblem('bad_json', ann_file,
+                                    f'{e.msg} (column {e.colno})',
+                                    line=e.lineno))
+        return []
     if not isinstance(data, list):
         problems.append(DataProblem(
             'bad_json', ann_file,
@@ -101,18 +122,17 @@ def _parse_json(ann_file: str, problems: list) -> list:
 
 def _parse_jsonl(ann_file: str, problems: list) -> Tuple[list, List[int]]:
     records, lines = [], []
-    with open(ann_file, encoding='utf-8') as f:
-        for lineno, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                records.append(json.loads(text.strip()))
-            except json.JSONDecodeError as e:
-                problems.append(DataProblem('bad_json', ann_file,
-                                            f'{e.msg} (column {e.colno})',
-                                            line=lineno))
-                continue
-            lines.append(lineno)
+    for lineno, text in enumerate(_utf8_lines(ann_file, problems), start=1):
+        if text is None or not text.strip():
+            continue  # an undecodable line is a problem already
+        try:
+            records.append(json.loads(text.strip()))
+        except json.JSONDecodeError as e:
+            problems.append(DataProblem('bad_json', ann_file,
+                                        f'{e.msg} (column {e.colno})',
+                                        line=lineno))
+            continue
+        lines.append(lineno)
     return records, lines
 
 

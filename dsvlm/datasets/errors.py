@@ -31,6 +31,8 @@ class DataProblem:
 
 PROBLEM_KINDS = (
     'bad_json',  # the file does not parse
+    'bad_encoding',  # the file is not UTF-8
+    'bad_image_path',  # an image path leaves the image folder
     'bad_record',  # a record lacks fields or has fields of the wrong type
     'bad_roles',  # turns do not alternate human/gpt
     'no_assistant',  # a conversation without a gpt turn

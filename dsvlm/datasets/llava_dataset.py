@@ -1,5 +1,6 @@
 """The LLaVA dataset: an annotation file plus an image folder."""
 import logging
+import os
 import os.path as osp
 from typing import List, Optional, Sequence
 
@@ -20,6 +21,18 @@ from .templates import get_template
 from .tokenization import (ImageTruncatedError, SupervisionError,
                            tokenize_segments)
 from .tokenizers import build_tokenizer
+
+
+def image_path_problem(record) -> Optional[str]:
+    """Why the record's image path is refused: an absolute path or one that
+    climbs out of the image folder (``../``) would open a file anywhere."""
+    if not has_image(record):
+        return None
+    path = record['image']
+    if osp.isabs(path) or osp.normpath(path).split(os.sep)[0] == '..':
+        return (f'image path {path!r} leaves the image folder; image paths '
+                'are relative to it')
+    return None
 
 
 @DATASETS.register_module()
@@ -76,10 +89,10 @@ class LlavaDataset(Dataset):
         lines = ann.lines or [None] * len(ann.records)
         self._samples = []  # (record, index in file, line in file)
         for record, index, line in zip(ann.records, ann.indices, lines):
-            problem = self._template_problem(record)
+            kind, problem = self._record_problem(record)
             if problem:
                 self.problems.append(DataProblem(
-                    'bad_image_token', self.ann_file, problem, line=line,
+                    kind, self.ann_file, problem, line=line,
                     index=index, sample_id=sample_id(record, index)))
             else:
                 self._samples.append((record, index, line))
@@ -93,6 +106,17 @@ class LlavaDataset(Dataset):
             self._samples = self._samples[:max_samples]
         print_log(f'{type(self).__name__}: {len(self)} samples from '
                   f'{self.ann_file}', logger='current')
+
+    def _record_problem(self, record):
+        """``(kind, message)`` of what makes the record unusable here, or
+        ``(None, None)``."""
+        problem = self._template_problem(record)
+        if problem:
+            return 'bad_image_token', problem
+        problem = image_path_problem(record)
+        if problem:
+            return 'bad_image_path', problem
+        return None, None
 
     def _template_problem(self, record) -> Optional[str]:
         if not self.template.image_only_prompt:
