@@ -100,3 +100,30 @@ def test_models_with_logit_postprocessing_are_refused():
                                num_attention_heads=2, num_key_value_heads=1,
                                head_dim=16, vocab_size=64),
                    attn_implementation='eager')
+
+
+@pytest.mark.parametrize('build,key,hint', [
+    (lambda cfg: HFCausalLM(config=cfg), 'num_hiden_layers',
+     'num_hidden_layers'),
+    (lambda cfg: HFCausalLM(config=dict(cfg, model_type='qwen2')),
+     'intermediate_sise', 'intermediate_size'),
+])
+def test_a_misspelt_architecture_key_is_an_error(build, key, hint):
+    """transformers would keep the typo as an unused attribute and build the
+    default architecture."""
+    with pytest.raises(ValueError, match=rf"llm\.config: unknown key.*"
+                       rf"'{key}' \(did you mean '{hint}'\?\)"):
+        build(dict(TINY_LLAMA, **{key: 3}))
+
+
+def test_a_misspelt_vision_key_is_an_error():
+    from dsvlm.models.vision_encoders.hf_vision_encoder import \
+        HFVisionEncoder
+    from model_factory import TINY_CLIP
+    with pytest.raises(ValueError, match=r"vision_encoder\.config: unknown "
+                       r"key.*'patch_sise'"):
+        HFVisionEncoder(config=dict(TINY_CLIP, patch_sise=4))
+    # keys transformers converts or stores under another name are fine
+    llm = HFCausalLM(config=dict(TINY_LLAMA, rope_theta=5e5),
+                     attn_implementation='eager')
+    assert llm.config.rope_parameters['rope_theta'] == 5e5

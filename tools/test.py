@@ -33,7 +33,7 @@ from dsvlm.engine.cli import (add_runner_args, apply_runner_args,  # noqa
                               parse_runner_args)
 from dsvlm.engine.config import for_inference  # noqa: E402
 from dsvlm.engine.compat import (apply_mmengine_patches,  # noqa: E402
-                                 finish_distributed)
+                                 exit_distributed_process, finish_distributed)
 from dsvlm.registry import RUNNERS  # noqa: E402
 
 
@@ -108,3 +108,4 @@ def main(argv=None):
 
 if __name__ == '__main__':
     main()
+    exit_distributed_process()

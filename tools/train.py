@@ -22,7 +22,7 @@ from dsvlm.engine.strategy_config import strategy_kind  # noqa: E402
 from dsvlm.engine.cli import (add_runner_args, apply_runner_args,  # noqa
                               parse_runner_args)
 from dsvlm.engine.compat import (apply_mmengine_patches,  # noqa: E402
-                                 finish_distributed)
+                                 exit_distributed_process, finish_distributed)
 from dsvlm.registry import RUNNERS  # noqa: E402
 
 
@@ -130,3 +130,4 @@ def main(argv=None):
 
 if __name__ == '__main__':
     main()
+    exit_distributed_process()

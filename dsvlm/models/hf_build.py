@@ -64,12 +64,43 @@ def _check_local_dir(pretrained: str, what: str) -> str:
     return path
 
 
-def build_hf_config(config: Union[dict, Any], config_builder: Callable):
+def build_hf_config(config: Union[dict, Any], config_builder: Callable,
+                    what: str = 'module'):
     """``config`` is an HF config object or a dict of its fields; the dict is
     turned into a config by ``config_builder(**config)``."""
     if isinstance(config, dict):
-        return config_builder(**config)
+        built = config_builder(**config)
+        check_config_keys(config, built, config_builder, what)
+        return built
     return config
+
+
+def check_config_keys(fields: dict, built, config_builder,
+                      what: str = 'config') -> None:
+    """Refuse keys of a transformers config dict that the architecture does
+    not know: transformers keeps any unknown keyword as an attribute that
+    nothing reads, so ``num_hiden_layers=3`` would silently build the
+    default depth.  A key is unknown when it survives as a plain attribute
+    that a default config of the same type lacks (keys transformers renames
+    or converts, such as ``rope_theta`` or ``attn_implementation``, do not
+    survive and are fine)."""
+    from transformers import PretrainedConfig
+    if not isinstance(built, PretrainedConfig):
+        return  # diffusers configs are checked by diffusers
+    base = {k: fields[k] for k in ('model_type', ) if k in fields}
+    known = set(config_builder(**base).to_dict())
+    unknown = sorted(k for k in fields
+                     if k in built.to_dict() and k not in known)
+    if unknown:
+        import difflib
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hints.append(f'{key!r}' + (f' (did you mean {close[0]!r}?)'
+                                       if close else ''))
+        raise ValueError(
+            f'{what}.config: unknown key(s) for {type(built).__name__}: '
+            f'{", ".join(hints)}')
 
 
 def build_hf_module(model_cls,
@@ -114,7 +145,7 @@ def build_hf_module(model_cls,
                 f'{what}: needs `pretrained` (a local directory) or `config` '
                 '(the architecture) to be built.')
     else:
-        hf_config = build_hf_config(config, config_builder)
+        hf_config = build_hf_config(config, config_builder, what)
     kwargs = {} if dtype is None else dict(dtype=dtype)
     if is_auto:
         return model_cls.from_config(hf_config, **kwargs)
