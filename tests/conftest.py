@@ -1,4 +1,6 @@
 """Shared pytest fixtures."""
+import logging
+
 import pytest
 
 SPECIAL_TOKENS = [
@@ -45,3 +47,17 @@ def test_tokenizer():
 def make_test_tokenizer():
     """Builds a fresh test tokenizer (for tests that modify it)."""
     return build_test_tokenizer
+
+
+@pytest.fixture
+def logged_warnings():
+    """Messages of the WARNING (and above) records logged to MMEngine's
+    current logger while the test runs (``print_log(logger='current')``)."""
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_instance('dsvlm_tests')  # now the current one
+    messages = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger.addHandler(handler)
+    yield messages
+    logger.removeHandler(handler)

@@ -3,12 +3,10 @@
 Every expected number is worked out by hand in the comments next to it.
 """
 import csv
-import logging
 import os
 
 import pytest
 from mmengine.evaluator import Evaluator
-from mmengine.logging import MMLogger
 
 from dsvlm.evaluation import (HallusionBenchScore, MMEScore,
                               MultipleChoiceAccuracy, POPEScore,
@@ -38,25 +36,6 @@ def run_metric(metric, samples, batch=3):
     for start in range(0, len(samples), batch):
         evaluator.process(samples[start:start + batch])
     return evaluator.evaluate(len(samples))
-
-
-class LogCatcher(logging.Handler):
-
-    def __init__(self):
-        super().__init__(level=logging.WARNING)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
-@pytest.fixture
-def warnings_logged():
-    logger = MMLogger.get_current_instance()
-    catcher = LogCatcher()
-    logger.addHandler(catcher)
-    yield catcher.messages
-    logger.removeHandler(catcher)
 
 
 # --- answer extraction (VLMEvalKit's can_infer / YOrN_Extraction) ----------
@@ -358,17 +337,17 @@ def test_sample_without_prediction_or_answer(metric):
         metric().process(None, [no_gt])
 
 
-def test_partial_coverage_warns(warnings_logged):
+def test_partial_coverage_warns(logged_warnings):
     samples = pope_samples()[:3]  # 3 rows of a file of 8
     metrics = run_metric(POPEScore(), samples)
     assert metrics['num_rows'] == 8 and metrics['num_scored'] == 3
     assert any('scored 3 of 8 rows' in m and "'POPE'" in m
-               for m in warnings_logged), warnings_logged
+               for m in logged_warnings), logged_warnings
 
 
-def test_full_coverage_does_not_warn(warnings_logged):
+def test_full_coverage_does_not_warn(logged_warnings):
     run_metric(POPEScore(), pope_samples())
-    assert not any('rows of benchmark' in m for m in warnings_logged)
+    assert not any('rows of benchmark' in m for m in logged_warnings)
 
 
 def test_duplicate_rows_are_scored_once():

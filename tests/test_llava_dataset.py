@@ -1,11 +1,9 @@
 """LlavaDataset items, test mode, bad-input errors, truncation, collate."""
 import json
-import logging
 
 import numpy as np
 import pytest
 import torch
-from mmengine.logging import MMLogger
 from PIL import Image
 
 from dsvlm.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
@@ -262,19 +260,8 @@ CAPTIONS = [
 ]
 
 
-@pytest.fixture
-def log_messages():
-    logger = MMLogger.get_instance('test_llava_dataset')  # now 'current'
-    messages = []
-    handler = logging.Handler(level=logging.WARNING)
-    handler.emit = lambda record: messages.append(record.getMessage())
-    logger.addHandler(handler)
-    yield messages
-    logger.removeHandler(handler)
-
-
 def test_over_length_is_truncated_counted_and_logged(
-        data_dir, test_tokenizer, log_messages):
+        data_dir, test_tokenizer, logged_warnings):
     write(data_dir / 'caps.json', json.dumps(CAPTIONS))
     full = make(data_dir, test_tokenizer, ann='caps.json', template='plain')
     assert len(full[1]['input_ids']) <= 8 < len(full[2]['input_ids'])
@@ -288,7 +275,7 @@ def test_over_length_is_truncated_counted_and_logged(
     assert dataset.num_truncated == 1
     dataset[2]
     assert dataset.num_truncated == 2
-    truncation_logs = [m for m in log_messages if 'truncated' in m]
+    truncation_logs = [m for m in logged_warnings if 'truncated' in m]
     assert len(truncation_logs) == 2
     first, second = truncation_logs
     assert "'cap0'" in first and 'max_length=8' in first

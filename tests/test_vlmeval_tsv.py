@@ -6,12 +6,10 @@ import base64
 import csv
 import io
 import json
-import logging
 
 import numpy as np
 import pytest
 import torch
-from mmengine.logging import MMLogger
 from PIL import Image
 
 from dsvlm.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
@@ -35,17 +33,6 @@ def tokenizer(tmp_path_factory):
     """The tiny world's tokenizer (a small world: fast)."""
     return tiny_tokenizer(str(tmp_path_factory.mktemp('world') / 'shapes'),
                           **SMALL_WORLD)
-
-
-@pytest.fixture
-def warnings():
-    logger = MMLogger.get_instance('test_vlmeval_tsv')  # now 'current'
-    messages = []
-    handler = logging.Handler(level=logging.WARNING)
-    handler.emit = lambda record: messages.append(record.getMessage())
-    logger.addHandler(handler)
-    yield messages
-    logger.removeHandler(handler)
 
 
 def pixels(rgb, size=(6, 4)):
@@ -250,7 +237,8 @@ def test_quoted_cells_and_line_numbers(tmp_path, tokenizer):
     assert "index '0' repeats the index of line 2" in str(e.value)
 
 
-def test_max_samples_and_rows_without_image(tmp_path, tokenizer, warnings):
+def test_max_samples_and_rows_without_image(tmp_path, tokenizer,
+                                            logged_warnings):
     data_file = write_tsv(tmp_path / 'some.tsv',
                           ['index', 'question', 'image'], [
                               [str(i), f'q{i}', '' if i == 1 else RED]
@@ -260,8 +248,8 @@ def test_max_samples_and_rows_without_image(tmp_path, tokenizer, warnings):
     assert [dataset[i]['data_sample']['id'] for i in range(2)] == ['0', '2']
     assert dataset[1]['data_sample']['num_rows'] == 4
     assert any('only 2 of the 4 rows' in m and str(data_file) in m
-               for m in warnings)
-    assert any('1 row(s)' in m and 'no image' in m for m in warnings)
+               for m in logged_warnings)
+    assert any('1 row(s)' in m and 'no image' in m for m in logged_warnings)
 
 
 def test_image_path_column_without_images(tmp_path, tokenizer):

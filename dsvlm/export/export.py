@@ -44,8 +44,9 @@ def build_for_export(cfg, checkpoint: Optional[str]):
     own = [name for name, _ in model.named_parameters()]
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in own if k not in state]
+    pretrained = _pretrained_parts(cfg)
     random_parts = sorted({k.split('.')[0] for k in missing
-                           if k.split('.')[0] not in _pretrained_parts(cfg)})
+                           if k.split('.')[0] not in pretrained})
     if random_parts:
         example = next(k for k in missing if k.split('.')[0] in random_parts)
         raise ValueError(

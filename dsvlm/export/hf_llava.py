@@ -36,6 +36,12 @@ def select_strategy(encoder: HFVisionEncoder) -> str:
     return 'full'
 
 
+def activation_name(connector: MLPConnector) -> str:
+    """The ``ACTIVATIONS`` name of the two-layer MLP's activation."""
+    return next(k for k, v in ACTIVATIONS.items()
+                if isinstance(connector.layers[1], v))
+
+
 def check_exportable(model) -> None:
     encoder, connector, llm = model.vision_encoder, model.connector, model.llm
     if not isinstance(encoder, HFVisionEncoder):
@@ -46,14 +52,12 @@ def check_exportable(model) -> None:
                           'exported')
     linears = [m for m in getattr(connector, 'layers', ())
                if isinstance(m, nn.Linear)]
-    acts = [m for m in getattr(connector, 'layers', ())
-            if not isinstance(m, nn.Linear)]
     if type(connector) is not MLPConnector or len(linears) != 2:
         raise ExportError(
             f'connector {type(connector).__name__} '
             f'({len(linears)} linear layers): LlavaForConditionalGeneration '
             'has a two-layer MLP projector only (MLPConnector, depth=2)')
-    act = next(k for k, v in ACTIVATIONS.items() if isinstance(acts[0], v))
+    act = activation_name(connector)
     if act not in _HF_ACTIVATIONS:
         raise ExportError(f'connector activation {act!r} has no '
                           'transformers equivalent')
@@ -71,21 +75,20 @@ def _merged(module: nn.Module) -> nn.Module:
 
 
 def llava_config(model, image_token_id: int, vocab_size: int):
-    """The ``LlavaConfig`` of ``model``."""
+    """The ``LlavaConfig`` of ``model`` (LoRA changes no config: the
+    base models' configs are those of the merged ones)."""
     from transformers import LlavaConfig
     encoder, llm = model.vision_encoder, model.llm
-    text_config = _merged(llm.model).config.to_dict()
+    text_config = llm.config.to_dict()
     text_config['vocab_size'] = vocab_size
-    tower = _merged(encoder.tower)
-    num_tokens = (encoder.image_size // tower.config.patch_size) ** 2
+    num_tokens = (encoder.image_size // encoder.config.patch_size) ** 2
     if encoder.has_cls_token and select_strategy(encoder) == 'full':
         num_tokens += 1
-    act = next(k for k, v in ACTIVATIONS.items()
-               if isinstance(model.connector.layers[1], v))
     return LlavaConfig(
-        vision_config=tower.config.to_dict(), text_config=text_config,
+        vision_config=encoder.config.to_dict(), text_config=text_config,
         image_token_index=image_token_id, image_seq_length=num_tokens,
-        projector_hidden_act=_HF_ACTIVATIONS[act],
+        projector_hidden_act=_HF_ACTIVATIONS[activation_name(
+            model.connector)],
         vision_feature_select_strategy=select_strategy(encoder),
         vision_feature_layer=encoder.select_layer,
         multimodal_projector_bias=True,

@@ -326,15 +326,16 @@ def replicate_frozen_parameters(engine, prefixes) -> List:
 
 
 # ---------------------------------------------------------------- checkpoints
-def check_deepspeed_checkpoint(path: str) -> None:
+def check_deepspeed_checkpoint(path: str, alternatives: str = '') -> None:
     """Fail, naming ``path``, unless it is a DeepSpeed checkpoint directory
-    (DeepSpeed itself only warns and returns nothing)."""
+    (DeepSpeed itself only warns and returns nothing); ``alternatives``
+    ends the message with what else the caller would have taken."""
     if not osp.isdir(path) or not any(
             name.endswith('model_states.pt') for name in os.listdir(path)):
         raise FileNotFoundError(
             f'{path!r} is not a DeepSpeed checkpoint directory (one with '
             '*model_states.pt files, such as work_dir/iter_N.pth/ saved by '
-            'DeepSpeedZeroStrategy)')
+            f'DeepSpeedZeroStrategy){alternatives}')
 
 
 def deepspeed_checkpoint_to_state_dict(path: str) -> Dict[str, torch.Tensor]:
@@ -357,12 +358,8 @@ def deepspeed_checkpoint_to_state_dict(path: str) -> Dict[str, torch.Tensor]:
     if osp.isfile(pointer):
         with open(pointer) as f:
             path = osp.abspath(f.read().strip())
-    if not osp.isdir(path) or not any(
-            name.endswith('model_states.pt') for name in os.listdir(path)):
-        raise FileNotFoundError(
-            f'{path!r} is not a DeepSpeed checkpoint directory (one with '
-            '*model_states.pt files, such as work_dir/iter_N.pth/ saved by '
-            'DeepSpeedZeroStrategy) nor a work_dir with `last_checkpoint`.')
+    check_deepspeed_checkpoint(
+        path, ' nor a work_dir with `last_checkpoint`.')
     checkpoint_dir, tag = osp.split(path.rstrip(osp.sep))
     with safe_zero_to_fp32():  # weights_only=True, allow-listed types
         state = get_fp32_state_dict_from_zero_checkpoint(
