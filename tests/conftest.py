@@ -54,7 +54,7 @@ def logged_warnings():
     """Messages of the WARNING (and above) records logged to MMEngine's
     current logger while the test runs (``print_log(logger='current')``)."""
     from mmengine.logging import MMLogger
-    logger = MMLogger.get_instance('dsvlm_tests')  # now the current one
+    logger = MMLogger.get_current_instance()  # where print_log writes
     messages = []
     handler = logging.Handler(level=logging.WARNING)
     handler.emit = lambda record: messages.append(record.getMessage())
