@@ -41,7 +41,8 @@ class Inferencer:
         image_aspect_ratio: ``'pad'`` or ``'original'``, as the model was
             trained (:func:`dsvlm.export.export.image_aspect_ratio`).
         batch_size: questions per ``predict`` call.
-        max_length: text tokens kept (default ``model.max_length``).
+        max_length: positions kept, the image counting as the model's
+            ``num_image_tokens`` (default ``model.max_length``).
     """
 
     def __init__(self, model, image_processor_cfg, template,
@@ -64,6 +65,7 @@ class Inferencer:
         self.batch_size = batch_size
         self.max_length = (model.max_length if max_length is None
                            else max_length)
+        self.image_length = getattr(model, 'num_image_tokens', None) or 1
 
     def build_item(self, image: Optional[Image.Image], question: str,
                    sample_id=None) -> dict:
@@ -88,7 +90,8 @@ class Inferencer:
             normalize_conversations(record))
         try:
             tokens = tokenize_segments(segments, self.model.tokenizer,
-                                       self.template.add_bos, self.max_length)
+                                       self.template.add_bos, self.max_length,
+                                       image_length=self.image_length)
         except ValueError as e:  # the image token beyond max_length
             raise ValueError(f'question {sample_id!r}: {e}') from e
         pixel_values = None

@@ -114,10 +114,11 @@ def test_parallel_check_finds_the_same(config):
     from dsvlm.engine.config import complete_config
     cfg = complete_config(Config.fromfile(config), world_size=1)
     dataset = check_data.build_for_check(cfg.train_dataloader.dataset)
-    serial = [str(p) for p in check_data.check_dataset(dataset)]
-    parallel = [str(p) for p in check_data.check_dataset(dataset, workers=2,
-                                                         chunk=1)]
-    assert parallel == serial and len(serial) == 4
+    serial, serial_lengths = check_data.check_dataset(dataset)
+    parallel, parallel_lengths = check_data.check_dataset(
+        dataset, workers=2, chunk=1)
+    assert [str(p) for p in parallel] == [str(p) for p in serial]
+    assert len(serial) == 4 and parallel_lengths == serial_lengths
 
 
 def test_runs_as_a_script(config):
@@ -126,3 +127,27 @@ def test_runs_as_a_script(config):
                             cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 1, result.stderr
     assert 'summary: bad_json: 1, missing_image: 1' in result.stdout
+
+
+def test_lengths_count_the_image_features(config, capsys):
+    """With enough image features the image sample's answer falls beyond
+    max_length=100: check_data names it; the lengths line counts the
+    features."""
+    from mmengine.config import Config
+
+    from dsvlm.constants import IGNORE_INDEX
+    from dsvlm.engine.config import complete_config
+    assert check_data.main([config, '--split', 'train']) == 1
+    out = capsys.readouterr().out
+    assert 'tokens after splicing: min ' in out
+    assert not any('no_supervision' in line for line in problem_lines(out))
+    cfg = complete_config(Config.fromfile(config), world_size=1)
+    good = check_data.build_for_check(cfg.train_dataloader.dataset)[0]
+    first_answer = int((good['labels'] != IGNORE_INDEX).nonzero()[0])
+    features = 101 - first_answer  # the answer starts at position 100
+    assert check_data.main([config, '--split', 'train', '--cfg-options',
+                            f'num_image_tokens={features}']) == 1
+    lines = problem_lines(capsys.readouterr().out)
+    assert any('[no_supervision]' in line and "id 'good'" in line and
+               f'image: {features}' in line and 'cuts all' in line
+               for line in lines), lines

@@ -61,6 +61,23 @@ def intended_changes(name, before):
     wrapper = before.get('optim_wrapper.type', MISSING)
     if wrapper in ('OptimWrapper', 'AmpOptimWrapper', 'DeepSpeedOptimWrapper'):
         changes['optim_wrapper.type'] = 'FiniteStep' + wrapper
+    # issue 10: the datasets count the image as its features when they
+    # truncate: (image_size // patch_size)^2 patch features (no CLS)
+    size = before.get('model.vision_encoder.config.image_size')
+    patch = before.get('model.vision_encoder.config.patch_size')
+    tokens = (size // patch) ** 2
+    changes['num_image_tokens'] = changes['model.num_image_tokens'] = tokens
+    for key in before:
+        if key.endswith('dataset.max_length'):
+            changes[key.replace('max_length', 'num_image_tokens')] = tokens
+    # issue 10: training samples that fail are recorded and replaced
+    if before.get('train_dataloader.dataset.type') == 'LlavaDataset':
+        prefix = 'train_dataloader.dataset.bad_samples.'
+        work_dir = changes.get('work_dir', before.get('work_dir'))
+        changes.update({prefix + 'policy': 'skip',
+                        prefix + 'max_fraction': 0.01,
+                        prefix + 'record_file':
+                        f'{work_dir}/bad_samples.jsonl'})
     return changes
 
 

@@ -142,8 +142,16 @@ def flatten(value, prefix=''):
     return {prefix[:-1]: value}
 
 
+# follows the work_dir (dsvlm.engine.config.set_bad_sample_records)
+RECORD_FILE = 'train_dataloader.dataset.bad_samples.record_file'
+
+
 def differences(cfg, reference):
     a, b = flatten(cfg.to_dict()), flatten(reference.to_dict())
+    for flat, config in ((a, cfg), (b, reference)):
+        if flat.get(RECORD_FILE) == osp.join(config.work_dir,
+                                             'bad_samples.jsonl'):
+            del flat[RECORD_FILE]
     return {k: a.get(k, MISSING) for k in set(a) | set(b)
             if a.get(k, MISSING) != b.get(k, MISSING)}
 

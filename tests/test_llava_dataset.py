@@ -284,7 +284,7 @@ def test_over_length_is_truncated_counted_and_logged(
 
 def test_max_length_that_cuts_the_image_is_an_error(data_dir, test_tokenizer):
     dataset = make(data_dir, test_tokenizer, max_length=10)  # system > 10
-    with pytest.raises(DataError, match=r"id 'img1'.*image token"):
+    with pytest.raises(DataError, match=r"id 'img1'.*cut the image"):
         dataset[0]
 
 
@@ -367,3 +367,47 @@ def test_misplaced_image_tokens_are_errors(data_dir, test_tokenizer, record):
     write(data_dir / 'bad.json', json.dumps([record]))
     with pytest.raises(DataError, match=rf"id '{record['id']}'.*<image>"):
         make(data_dir, test_tokenizer, ann='bad.json')
+
+
+def test_images_load_faithfully_or_are_named(tmp_path, test_tokenizer):
+    """A 16-bit greyscale PNG reaches the encoder scaled (its 8-bit version,
+    computed here with numpy), not binarised; a 1x20000 strip, an image over
+    the pixel budget and a JPEG with a stray marker in its data are
+    problems naming the sample."""
+    images = tmp_path / 'images'
+    images.mkdir()
+    grey16 = (np.arange(64, dtype=np.uint32).reshape(8, 8) * 1040).astype(
+        np.uint16)
+    Image.fromarray(grey16).save(images / 'grey16.png')
+    grey8 = np.round(grey16.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    Image.fromarray(grey8).convert('RGB').save(images / 'grey8.png')
+    Image.new('L', (1, 20000)).save(images / 'strip.png')
+    Image.new('RGB', (300, 200)).save(images / 'big.png')
+    jpeg = images / 'good.jpg'
+    Image.fromarray(np.random.default_rng(0).integers(
+        0, 255, (64, 64, 3), np.uint8)).save(jpeg, quality=90)
+    data = bytearray(jpeg.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 2] = b'\xff\x13'
+    (images / 'corrupt.jpg').write_bytes(bytes(data))
+    names = ['grey16.png', 'grey8.png', 'strip.png', 'big.png', 'good.jpg',
+             'corrupt.jpg']
+    records = [{'id': n, 'image': n, 'conversations': [
+        {'from': 'human', 'value': '<image>\nColour?'},
+        {'from': 'gpt', 'value': 'Grey.'}]} for n in names]
+    (tmp_path / 'ann.json').write_text(json.dumps(records))
+    dataset = make(tmp_path, test_tokenizer, max_image_pixels=300 * 299)
+    assert torch.equal(dataset[0]['pixel_values'], dataset[1]['pixel_values'])
+    assert dataset[0]['pixel_values'].std() > 0.5  # a gradient, not 2 values
+    kinds = {n: [p.kind for p in dataset.check_sample(i).problems]
+             for i, n in enumerate(names)}
+    assert kinds == {'grey16.png': [], 'grey8.png': [],
+                     'strip.png': ['extreme_aspect_ratio'],
+                     'big.png': ['image_too_large'], 'good.jpg': [],
+                     'corrupt.jpg': ['corrupt_jpeg']}
+    with pytest.raises(DataError, match=r"\[extreme_aspect_ratio\] .*id "
+                       r"'strip.png': .*strip.png"):
+        dataset[2]
+    # the budget counts the padded square: 300x300 > 300*299
+    assert make(tmp_path, test_tokenizer, max_image_pixels=300 * 300)[3]
+    assert make(tmp_path, test_tokenizer, max_image_pixels=300 * 299,
+                image_aspect_ratio='original')[3]

@@ -195,9 +195,44 @@ def test_truncation_keeps_prefix_and_never_drops_the_image(test_tokenizer):
     assert cut.input_ids == full.input_ids[:40]
     assert cut.labels == full.labels[:40]
     image_pos = full.input_ids.index(IMAGE_TOKEN_INDEX)
-    with pytest.raises(ValueError, match='image token'):
+    with pytest.raises(ValueError, match='cut the image'):
         tokenize_segments(segments, test_tokenizer, True, max_length=image_pos)
     # exactly enough room for the image token is fine
     kept = tokenize_segments(segments, test_tokenizer, True,
                              max_length=image_pos + 1)
     assert kept.input_ids[-1] == IMAGE_TOKEN_INDEX
+
+
+@pytest.mark.parametrize('image_length', [1, 7, 576])
+def test_truncation_counts_the_image_as_its_features(test_tokenizer,
+                                                     image_length):
+    """max_length counts spliced positions: the image token stands for
+    ``image_length`` of them, so the text keeps max_length - image_length + 1
+    tokens (and a sample that fits as text but not spliced is truncated)."""
+    template = get_template('vicuna_v1')
+    segments = template.segments(normalize_conversations(TWO_ROUNDS))
+    full = tokenize_segments(segments, test_tokenizer, True)
+    num_text = len(full.input_ids) - 1
+    spliced = num_text + image_length
+    whole = tokenize_segments(segments, test_tokenizer, True,
+                              max_length=spliced, image_length=image_length)
+    assert not whole.truncated and whole.input_ids == full.input_ids
+    assert whole.num_tokens == spliced
+    max_length = spliced - 3
+    cut = tokenize_segments(segments, test_tokenizer, True,
+                            max_length=max_length, image_length=image_length)
+    assert cut.truncated and cut.num_tokens == spliced
+    assert cut.input_ids == full.input_ids[:len(full.input_ids) - 3]
+    assert len(cut.input_ids) - 1 + image_length == max_length
+    assert cut.num_supervised == sum(x != IGNORE_INDEX for x in full.labels)
+    assert cut.num_supervised_kept == sum(
+        x != IGNORE_INDEX for x in full.labels[:len(cut.input_ids)])
+    image_pos = full.input_ids.index(IMAGE_TOKEN_INDEX)
+    fits = tokenize_segments(segments, test_tokenizer, True,
+                             max_length=image_pos + image_length,
+                             image_length=image_length)
+    assert fits.input_ids == full.input_ids[:image_pos + 1]
+    with pytest.raises(ValueError, match='cut the image'):
+        tokenize_segments(segments, test_tokenizer, True,
+                          max_length=image_pos + image_length - 1,
+                          image_length=image_length)

@@ -3,9 +3,15 @@
     python tools/check_data.py CONFIG [--split train|val|test]
         [--workers N] [--no-decode] [--cfg-options k=v ...]
 
-Reports every problem found (malformed JSON lines, bad records, conversations
-without an assistant turn, missing or unreadable images, samples longer than
-``max_length``), prints a summary and exits with 1 when there is any.
+Reads every sample as training does and reports every problem found:
+malformed JSON lines, bad records, conversations without an assistant turn,
+image paths outside the image folder; missing, unreadable, corrupt (JPEG),
+oversized or too elongated images (each image goes through the whole
+pipeline: decoding, mode conversion, padding, the image processor); samples
+longer than ``max_length`` after splicing the image features (with the
+supervised tokens truncation keeps) and samples left with none.  Prints the
+lengths after splicing and the supervised tokens per sample, a summary, and
+exits with 1 when there is any problem.
 """
 import argparse
 import collections
@@ -64,43 +70,68 @@ def _check_range(args):
 
 
 def _check_indices(dataset, indices, decode):
-    problems = []
+    """``(problems, lengths)``: ``lengths`` holds ``(tokens after splicing,
+    supervised tokens kept)`` of each sample that tokenises."""
+    problems, lengths = [], []
     for i in indices:
         if hasattr(dataset, 'check_sample'):
-            problems += dataset.check_sample(i, decode_image=decode)
+            check = dataset.check_sample(i, decode_image=decode)
+            problems += check.problems
+            if check.num_tokens is not None:
+                lengths.append((check.num_tokens, check.num_supervised))
         else:  # any other dataset: its items must load
             try:
                 dataset[i]
             except Exception as e:  # report, go on with the next sample
                 problems.append(f'[{type(e).__name__}] '
                                 f'{type(dataset).__name__}[{i}]: {e}')
-    return problems
+    return problems, lengths
 
 
 def check_dataset(dataset, workers=1, decode=True, chunk=2000):
-    """Problems of every sample of ``dataset`` (LlavaDataset: also the
-    records it skipped as invalid)."""
+    """``(problems, lengths)`` of every sample of ``dataset`` (LlavaDataset:
+    also the records it skipped as invalid; see :func:`_check_indices`)."""
     global _DATASET
-    problems = list(getattr(dataset, 'problems', []))
+    problems, lengths = list(getattr(dataset, 'problems', [])), []
     n = len(dataset)
     ranges = [(s, min(s + chunk, n), decode) for s in range(0, n, chunk)]
     if workers <= 1 or n <= chunk:
-        for r in ranges:
-            problems += _check_indices(dataset, range(r[0], r[1]), decode)
-        return problems
-    os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
-    _DATASET = dataset
-    with multiprocessing.get_context('fork').Pool(workers) as pool:
-        for found in pool.imap(_check_range, ranges):
-            problems += found
-    _DATASET = None
-    return problems
+        found = [_check_indices(dataset, range(r[0], r[1]), decode)
+                 for r in ranges]
+    else:
+        os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+        _DATASET = dataset
+        with multiprocessing.get_context('fork').Pool(workers) as pool:
+            found = list(pool.imap(_check_range, ranges))
+        _DATASET = None
+    for range_problems, range_lengths in found:
+        problems += range_problems
+        lengths += range_lengths
+    return problems, lengths
+
+
+def describe_lengths(lengths) -> str:
+    """One line on the lengths after splicing and the supervision kept."""
+    if not lengths:
+        return 'no sample tokenised'
+    tokens = sorted(n for n, _ in lengths)
+    supervised = sorted(s for _, s in lengths)
+
+    def spread(values):
+        return (f'min {values[0]}, median {values[len(values) // 2]}, '
+                f'max {values[-1]}')
+    line = f'tokens after splicing: {spread(tokens)}'
+    if supervised[-1]:  # test sets have prompts only
+        line += f'; supervised tokens kept: {spread(supervised)}'
+    return line
 
 
 def build_for_check(ds_cfg):
     """The dataset, keeping invalid records out instead of failing on them."""
     if ds_cfg.get('type') in ('LlavaDataset', 'dsvlm.LlavaDataset'):
         ds_cfg['skip_invalid'] = True
+        # report skips here, do not record them as a run would
+        ds_cfg['bad_samples'] = None
     return DATASETS.build(ds_cfg)
 
 
@@ -122,12 +153,15 @@ def main(argv=None):
         try:
             dataset = build_for_check(ds_cfg)
         except Exception as e:  # a dataset that cannot even be built
-            problems = [f'[build_error] {type(e).__name__}: {e}']
+            problems, lengths = [f'[build_error] {type(e).__name__}: {e}'], []
             size = '?'
         else:
-            problems = check_dataset(dataset, args.workers, not args.no_decode)
+            problems, lengths = check_dataset(dataset, args.workers,
+                                              not args.no_decode)
             size = len(dataset)
         print(f'== {name} ({size} samples): {len(problems)} problems')
+        if lengths:
+            print(f'  {describe_lengths(lengths)}')
         for problem in problems:
             print(f'  {problem}')
             kind = getattr(problem, 'kind', str(problem)[1:].split(']')[0])

@@ -27,6 +27,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from dsvlm.engine import load_config  # noqa: E402
 from dsvlm.engine.benchmark import merge_benchmark  # noqa: E402
+from dsvlm.engine.config_keys import check_config_keys  # noqa: E402
 from dsvlm.engine.config import complete_config  # noqa: E402
 from dsvlm.engine.config import world_size_from_env  # noqa: E402
 from dsvlm.engine.cli import (add_runner_args, apply_runner_args,  # noqa
@@ -95,8 +96,9 @@ def main(argv=None):
                       strategy=args.strategy, complete=False)
     if args.benchmark:
         merge_benchmark(cfg, args.benchmark)
-    if args.cfg_options:
+    if args.cfg_options:  # after the benchmark's, which they may change
         cfg.merge_from_dict(args.cfg_options)
+        check_config_keys(cfg, cfg_options=args.cfg_options)
     cfg = merge_args(cfg, args)
     complete_config(cfg, world_size=world_size_from_env(args.launcher))
     runner = RUNNERS.build(cfg)

@@ -20,6 +20,8 @@ image_processor = dict(type='clip_image_processor', image_size=32)
 # sixth of every tiny-world sequence and says nothing here
 template = dict(name='vicuna_v1', system='')
 max_length = 256
+# (32 / 8)^2 patch features per image, counted within max_length
+num_image_tokens = 16
 
 model = dict(
     type='LlavaModel',

@@ -39,8 +39,13 @@ PROBLEM_KINDS = (
     'bad_image_token',  # <image> where it cannot be, or missing image
     'missing_image',  # the image file does not exist
     'unreadable_image',  # the image file exists but does not decode
+    'corrupt_jpeg',  # JPEG data the decoder would read past with a warning
+    'image_too_large',  # more pixels (after padding) than the budget
+    'extreme_aspect_ratio',  # too elongated to survive the pipeline
     'over_length',  # tokenised sample longer than max_length
     'unlocated_answer',  # an answer is not a whole number of tokens
+    'no_supervision',  # no supervised token (left after truncation)
+    'no_usable_sample',  # a bad sample with no usable one to replace it
     'bad_table',  # a benchmark table lacks columns it needs
     'duplicate_index',  # two rows of a benchmark table share an index
     'bad_image_reference',  # an image cell names a row without an image

@@ -1,6 +1,5 @@
 """The LLaVA dataset: an annotation file plus an image folder."""
 import logging
-import os
 import os.path as osp
 from typing import List, Optional, Sequence
 
@@ -14,25 +13,17 @@ from dsvlm.registry import DATASETS
 
 from .annotations import (has_image, load_annotations,
                           normalize_conversations, sample_id)
+from .bad_samples import build_bad_sample_policy
 from .errors import DataError, DataProblem
+from .image_loading import (MAX_ASPECT_RATIO, MAX_PIXELS, ImageProblem,
+                            load_rgb_image)
 from .image_processing import (ASPECT_RATIOS, build_image_processor,
                                preprocess_image)
+from .record_checks import record_problem
 from .templates import get_template
 from .tokenization import (ImageTruncatedError, SupervisionError,
                            tokenize_segments)
 from .tokenizers import build_tokenizer
-
-
-def image_path_problem(record) -> Optional[str]:
-    """Why the record's image path is refused: an absolute path or one that
-    climbs out of the image folder (``../``) would open a file anywhere."""
-    if not has_image(record):
-        return None
-    path = record['image']
-    if osp.isabs(path) or osp.normpath(path).split(os.sep)[0] == '..':
-        return (f'image path {path!r} leaves the image folder; image paths '
-                'are relative to it')
-    return None
 
 
 @DATASETS.register_module()
@@ -47,25 +38,39 @@ class LlavaDataset(Dataset):
     and in ``test_mode`` also ``prompt`` (the template's generation prompt)
     and ``gt_answer`` (the last assistant answer; labels are all ignored).
 
-    Samples longer than ``max_length`` tokens are truncated; each is logged
-    with its id and counted in ``num_truncated`` (per process: with
-    dataloader workers every worker counts its own).  Bad records raise a
-    :class:`DataError` on construction, unless ``skip_invalid`` (then they are
-    left out, logged, and listed in ``problems``).  ``meta_keys`` names
+    ``max_length`` counts what the LLM sees: text tokens plus
+    ``num_image_tokens`` features for the image (1 if None).  Longer samples
+    are truncated here, once (the model checks it never has to); each is
+    logged with its id and counted in ``num_truncated`` (per process: with
+    dataloader workers every worker counts its own).  A training sample left
+    without a supervised token is a :class:`DataError` (``no_supervision``).
+    Bad records raise a :class:`DataError` on construction, unless
+    ``skip_invalid`` (then they are left out, logged, and listed in
+    ``problems``).  ``bad_samples`` (a :class:`BadSamplePolicy` config)
+    says what a sample that fails while the run reads it does: stop the run
+    (default) or be recorded and replaced by the next usable sample
+    (``policy='skip'``, which also skips invalid records).  ``meta_keys`` names
     record fields copied into ``data_sample`` (e.g. ``question_type``, which
     a metric can group by).  ``cache_items`` keeps every item in memory
     after its first read, so later epochs neither decode images nor
     tokenise; for small datasets (the tiny world), as each dataloader
-    worker holds a copy.
+    worker holds a copy.  Images load through :func:`load_rgb_image`:
+    ``max_image_pixels`` (counted on the padded square under
+    ``image_aspect_ratio='pad'``) and ``max_aspect_ratio`` refuse images
+    that would exhaust memory or lose their content (None: no limit).
     """
 
     def __init__(self, ann_file, image_folder, tokenizer, image_processor,
                  template, max_length: int = 2048,
+                 num_image_tokens: Optional[int] = None,
                  image_aspect_ratio: str = 'pad', test_mode: bool = False,
                  max_samples: Optional[int] = None,
                  skip_invalid: bool = False,
                  meta_keys: Sequence[str] = (),
-                 cache_items: bool = False):
+                 cache_items: bool = False,
+                 bad_samples: Optional[dict] = None,
+                 max_image_pixels: Optional[int] = MAX_PIXELS,
+                 max_aspect_ratio: Optional[float] = MAX_ASPECT_RATIO):
         if image_aspect_ratio not in ASPECT_RATIOS:
             raise ValueError(
                 f'unknown image_aspect_ratio {image_aspect_ratio!r}; valid: '
@@ -77,6 +82,16 @@ class LlavaDataset(Dataset):
                                 build_image_processor(image_processor))
         self.template = get_template(template)
         self.max_length = max_length
+        self.num_image_tokens = num_image_tokens
+        self.max_image_pixels = max_image_pixels
+        self.max_aspect_ratio = max_aspect_ratio
+        self.bad_samples = build_bad_sample_policy(bad_samples)
+        if self.bad_samples.skips and test_mode:
+            raise ValueError(
+                f'{self.ann_file}: a test_mode dataset cannot skip samples '
+                "(a replacement would be scored in its place); use "
+                "bad_samples=dict(policy='stop')")
+        skip_invalid = skip_invalid or self.bad_samples.skips
         self.image_aspect_ratio = image_aspect_ratio
         self.test_mode = test_mode
         self.meta_keys = tuple(meta_keys)
@@ -89,7 +104,7 @@ class LlavaDataset(Dataset):
         lines = ann.lines or [None] * len(ann.records)
         self._samples = []  # (record, index in file, line in file)
         for record, index, line in zip(ann.records, ann.indices, lines):
-            kind, problem = self._record_problem(record)
+            kind, problem = record_problem(record, self.template)
             if problem:
                 self.problems.append(DataProblem(
                     kind, self.ann_file, problem, line=line,
@@ -102,31 +117,13 @@ class LlavaDataset(Dataset):
             print_log(f'{len(self.problems)} invalid records of '
                       f'{self.ann_file} skipped, e.g. {self.problems[0]}',
                       logger='current', level=logging.WARNING)
+        if self.problems and self.bad_samples.skips:
+            self.bad_samples.handle(DataError(self.problems),
+                                    len(self._samples) + len(self.problems))
         if max_samples is not None:
             self._samples = self._samples[:max_samples]
         print_log(f'{type(self).__name__}: {len(self)} samples from '
                   f'{self.ann_file}', logger='current')
-
-    def _record_problem(self, record):
-        """``(kind, message)`` of what makes the record unusable here, or
-        ``(None, None)``."""
-        problem = self._template_problem(record)
-        if problem:
-            return 'bad_image_token', problem
-        problem = image_path_problem(record)
-        if problem:
-            return 'bad_image_path', problem
-        return None, None
-
-    def _template_problem(self, record) -> Optional[str]:
-        if not self.template.image_only_prompt:
-            return None
-        if not has_image(record):
-            return f'the {self.template.name!r} template needs an image'
-        if len(record['conversations']) != 2:
-            return (f'the {self.template.name!r} template takes one '
-                    'human/gpt round')
-        return None
 
     @property
     def metainfo(self) -> dict:
@@ -178,18 +175,20 @@ class LlavaDataset(Dataset):
         return osp.join(self.image_folder or '', record['image'])
 
     def load_image(self, idx) -> Image.Image:
-        """The RGB image of sample ``idx``; DataError if missing/unreadable."""
+        """The RGB image of sample ``idx`` (:func:`load_rgb_image`: 16-bit
+        and float images rescaled, the pixel budget and aspect-ratio limit,
+        corrupt JPEG data); DataError naming the sample otherwise."""
         path = self.image_path(idx)
         if not osp.isfile(path):
             raise DataError([self._problem(
                 idx, 'missing_image', f'image not found: {path}')])
         try:
-            with Image.open(path) as image:
-                return image.convert('RGB')
-        except Exception as e:  # PIL raises many types for broken files
-            raise DataError([self._problem(
-                idx, 'unreadable_image',
-                f'cannot read image {path}: {type(e).__name__}: {e}')]) from e
+            return load_rgb_image(
+                path, max_pixels=self.max_image_pixels,
+                max_aspect_ratio=self.max_aspect_ratio,
+                padded_to_square=self.image_aspect_ratio == 'pad')
+        except ImageProblem as e:
+            raise DataError([self._problem(idx, e.kind, e.message)]) from e
 
     def tokenize(self, idx):
         """``(TokenizedConversation, segments, gt_answer or None)``."""
@@ -201,16 +200,61 @@ class LlavaDataset(Dataset):
             segments = self.template.segments(convs)
         try:
             tokens = tokenize_segments(segments, self.tokenizer,
-                                       self.template.add_bos, self.max_length)
+                                       self.template.add_bos, self.max_length,
+                                       image_length=self.image_length)
         except ImageTruncatedError as e:
             raise DataError([self._problem(idx, 'over_length', str(e))]) from e
         except SupervisionError as e:
             raise DataError([self._problem(
                 idx, 'unlocated_answer',
                 f'{e} (template {self.template.name!r})')]) from e
+        if not self.test_mode and not tokens.num_supervised_kept:
+            raise DataError([self._problem(
+                idx, 'no_supervision', self._no_supervision_reason(tokens))])
         return tokens, segments, gt_answer
 
+    @property
+    def image_length(self) -> int:
+        """Positions an image takes in the LLM's sequence."""
+        return self.num_image_tokens or 1
+
+    def _no_supervision_reason(self, tokens) -> str:
+        if not tokens.num_supervised:
+            return 'no supervised token (every answer is empty)'
+        return (f'{tokens.num_tokens} tokens after splicing (image: '
+                f'{self.image_length}) > max_length={self.max_length}: '
+                f'truncation cuts all {tokens.num_supervised} supervised '
+                'tokens')
+
     def __getitem__(self, idx) -> dict:
+        """Item ``idx``; under ``bad_samples.policy='skip'`` a sample that
+        fails is recorded and the next usable one is given instead."""
+        policy = self.bad_samples
+        tries = 0
+        for candidate in self._replacement_candidates(idx):
+            try:
+                return self._cached_item(candidate)
+            except DataError as e:
+                policy.handle(e, len(self))
+            tries += 1
+            if tries > policy.max_replacements:
+                break
+        raise DataError([self._problem(
+            idx, 'no_usable_sample', f'none of the {tries} samples from this '
+            'one on (of the same modality) can be used (logged above)')])
+
+    def _replacement_candidates(self, idx):
+        """``idx``, then the following samples (cyclically) that have an
+        image exactly when it does: a replacement keeps the modality, which
+        the length-grouped sampler batches by and supervisors need."""
+        wants_image = has_image(self._samples[idx][0])
+        yield idx
+        for k in range(1, len(self)):
+            candidate = (idx + k) % len(self)
+            if has_image(self._samples[candidate][0]) == wants_image:
+                yield candidate
+
+    def _cached_item(self, idx) -> dict:
         if self._cache is None:
             return self._load_item(idx)
         if idx not in self._cache:
@@ -244,36 +288,18 @@ class LlavaDataset(Dataset):
                     labels=torch.tensor(labels, dtype=torch.long),
                     pixel_values=pixel_values, data_sample=data_sample)
 
-    def check_sample(self, idx,
-                     decode_image: bool = True) -> List[DataProblem]:
-        """Every problem of sample ``idx`` (over length, missing or, with
-        ``decode_image``, unreadable image), without raising."""
-        problems = []
-        try:
-            tokens = self.tokenize(idx)[0]
-            if tokens.truncated:
-                problems.append(self._problem(
-                    idx, 'over_length', f'{tokens.num_tokens} tokens > '
-                    f'max_length={self.max_length} (would be truncated)'))
-        except DataError as e:
-            problems += e.problems
-        path = self.image_path(idx)
-        if path is not None:
-            if decode_image:
-                try:
-                    self.load_image(idx)
-                except DataError as e:
-                    problems += e.problems
-            elif not osp.isfile(path):
-                problems.append(self._problem(idx, 'missing_image',
-                                              f'image not found: {path}'))
-        return problems
+    def check_sample(self, idx, decode_image: bool = True):
+        """:class:`~dsvlm.datasets.sample_check.SampleCheck` of sample
+        ``idx``: its problems (without raising) and supervised tokens."""
+        from .sample_check import check_llava_sample
+        return check_llava_sample(self, idx, decode_image)
 
     def _log_truncation(self, idx, sid, num_tokens):
         if idx in self._truncated_ids:
             return
         self._truncated_ids.add(idx)
         print_log(f'sample {sid!r} of {self.ann_file} has {num_tokens} tokens '
-                  f'> max_length={self.max_length}: truncated '
+                  f'after splicing (image: {self.image_length}) > '
+                  f'max_length={self.max_length}: truncated '
                   f'({self.num_truncated} samples truncated so far)',
                   logger='current', level=logging.WARNING)

@@ -17,11 +17,14 @@ supervised span that ends inside a token, or that no token covers, cannot
 be located: :class:`SupervisionError`, never a silently masked sample.
 The tokenizer must return offsets (a "fast", ``tokenizers``-backed one).
 
-Truncation keeps the first ``max_length`` tokens.  It never drops the image
-token: a sample whose image token would fall beyond ``max_length`` raises
-:class:`ImageTruncatedError`.  ``max_length`` counts text tokens; the image
-counts as one token here, and the model truncates again after splicing the
-image features (as LLaVA).
+Lengths are counted as the LLM sees them, after splicing: the image token
+counts as the ``image_length`` feature vectors that replace it (576 for
+CLIP-L/14 at 336 px).  Truncation keeps the first ``max_length`` of those
+positions, here and only here: the model then checks that no spliced
+sequence is longer (LLaVA truncates twice, counting the image as one token
+in the dataset, and silently loses the end of long answers in the model).
+It never cuts the image: a sample whose image would not fit whole raises
+:class:`ImageTruncatedError`.
 """
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
@@ -34,8 +37,14 @@ from .templates import Segment
 class TokenizedConversation(NamedTuple):
     input_ids: List[int]
     labels: List[int]
-    num_tokens: int  # length before truncation
+    num_tokens: int  # spliced length before truncation
     truncated: bool
+    num_supervised: int  # supervised tokens before truncation
+
+    @property
+    def num_supervised_kept(self) -> int:
+        """Supervised tokens left after truncation."""
+        return sum(label != IGNORE_INDEX for label in self.labels)
 
 
 class SupervisionError(ValueError):
@@ -125,11 +134,12 @@ def _label_tokens(tokens, spans, text: str) -> List[int]:
 
 def tokenize_segments(segments: Sequence[Segment], tokenizer,
                       add_bos: bool = False,
-                      max_length: Optional[int] = None
-                      ) -> TokenizedConversation:
+                      max_length: Optional[int] = None,
+                      image_length: int = 1) -> TokenizedConversation:
     """``input_ids`` and ``labels`` of the conversation the segments write
     (see the module doc).  The BOS token is prepended when ``add_bos`` and
-    the tokenizer has one."""
+    the tokenizer has one.  ``max_length`` counts spliced positions: each
+    image token as ``image_length``."""
     text = ''.join(s.text for s in segments)
     tokens = _tokens_with_offsets(text, tokenizer)
     labels = _label_tokens(tokens, supervised_spans(segments), text)
@@ -137,13 +147,28 @@ def tokenize_segments(segments: Sequence[Segment], tokenizer,
     if add_bos and tokenizer.bos_token_id is not None:
         input_ids.insert(0, tokenizer.bos_token_id)
         labels.insert(0, IGNORE_INDEX)
-    num_tokens = len(input_ids)
+    num_supervised = sum(label != IGNORE_INDEX for label in labels)
+    ends = _spliced_ends(input_ids, image_length)
+    num_tokens = ends[-1] if ends else 0
     truncated = max_length is not None and num_tokens > max_length
     if truncated:
-        if IMAGE_TOKEN_INDEX in input_ids[max_length:]:
+        keep = sum(end <= max_length for end in ends)
+        if IMAGE_TOKEN_INDEX in input_ids[keep:]:
+            position = input_ids.index(IMAGE_TOKEN_INDEX)
             raise ImageTruncatedError(
-                f'max_length={max_length} would cut the image token (at '
-                f'position {input_ids.index(IMAGE_TOKEN_INDEX)} of '
-                f'{num_tokens} tokens); raise max_length')
-        input_ids, labels = input_ids[:max_length], labels[:max_length]
-    return TokenizedConversation(input_ids, labels, num_tokens, truncated)
+                f'max_length={max_length} would cut the image (its '
+                f'{image_length} positions start at '
+                f'{ends[position] - image_length} of the {num_tokens} after '
+                'splicing); raise max_length')
+        input_ids, labels = input_ids[:keep], labels[:keep]
+    return TokenizedConversation(input_ids, labels, num_tokens, truncated,
+                                 num_supervised)
+
+
+def _spliced_ends(input_ids: Sequence[int], image_length: int) -> List[int]:
+    """Where each token ends in the spliced sequence (exclusive)."""
+    ends, end = [], 0
+    for token_id in input_ids:
+        end += image_length if token_id == IMAGE_TOKEN_INDEX else 1
+        ends.append(end)
+    return ends

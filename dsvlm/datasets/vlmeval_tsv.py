@@ -54,7 +54,8 @@ class VLMEvalTSVDataset(Dataset):
     Args:
         data_file: the ``.tsv`` file.
         tokenizer, image_processor, template, max_length,
-            image_aspect_ratio: as for :class:`LlavaDataset`.
+            num_image_tokens, image_aspect_ratio: as for
+            :class:`LlavaDataset`.
         prompt_style: ``'multiple_choice'``, ``'yes_no'``, ``'vqa'`` or
             ``'auto'`` (multiple choice when the file has an ``A`` column,
             yes/no when every answer is yes or no, else vqa).
@@ -62,7 +63,9 @@ class VLMEvalTSVDataset(Dataset):
     """
 
     def __init__(self, data_file, tokenizer, image_processor, template,
-                 max_length: int = 2048, image_aspect_ratio: str = 'pad',
+                 max_length: int = 2048,
+                 num_image_tokens: Optional[int] = None,
+                 image_aspect_ratio: str = 'pad',
                  prompt_style: str = 'auto',
                  max_samples: Optional[int] = None):
         if image_aspect_ratio not in ASPECT_RATIOS:
@@ -83,6 +86,7 @@ class VLMEvalTSVDataset(Dataset):
         self.tokenizer = build_tokenizer(tokenizer)
         self.image_processor = build_image_processor(image_processor)
         self.max_length = max_length
+        self.num_image_tokens = num_image_tokens
         self.image_aspect_ratio = image_aspect_ratio
         self.table = load_benchmark_table(self.data_file)
         self.prompt_style = resolve_prompt_style(
@@ -142,7 +146,8 @@ class VLMEvalTSVDataset(Dataset):
         segments, _ = self.template.generation_prompt(conversation)
         try:
             tokens = tokenize_segments(segments, self.tokenizer,
-                                       self.template.add_bos, self.max_length)
+                                       self.template.add_bos, self.max_length,
+                                       image_length=self.num_image_tokens or 1)
         except ImageTruncatedError as e:
             raise DataError([self.table.problem(row, 'over_length',
                                                 str(e))]) from e

@@ -1,12 +1,15 @@
 """Config completion: one place states what model and data share.
 
-A config sets ``tokenizer``, ``image_processor``, ``template`` and
-``max_length`` once at top level; :func:`complete_config` copies them into
-every dataset of the train/val/test dataloaders and into ``model`` wherever
-those leave them unset.  It gives samplers that take a ``batch_size``
+A config sets ``tokenizer``, ``image_processor``, ``template``,
+``max_length`` and ``num_image_tokens`` (the image features the LLM sees per
+image, which the datasets count when they truncate) once at top level;
+:func:`complete_config` copies them into every dataset of the
+train/val/test dataloaders and into ``model`` wherever those leave them
+unset.  It gives samplers that take a ``batch_size``
 (``LengthGroupedSampler``) their dataloader's, fills the distributed
 strategy's settings from what the config already states
-(:mod:`dsvlm.engine.strategy_config`), and turns the top-level
+(:mod:`dsvlm.engine.strategy_config`), points the training datasets that
+skip bad samples at ``WORK_DIR/bad_samples.jsonl``, and turns the top-level
 ``global_batch_size`` into gradient accumulation for the current number of
 processes.
 """
@@ -20,7 +23,8 @@ from mmengine.config import Config
 from .strategy_config import (apply_strategy, fill_strategy_settings,
                               strategy_kind)
 
-SHARED_KEYS = ('tokenizer', 'image_processor', 'template', 'max_length')
+SHARED_KEYS = ('tokenizer', 'image_processor', 'template', 'max_length',
+               'num_image_tokens')
 DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 
 # Environment variables that hold the number of processes, per launcher.
@@ -34,10 +38,14 @@ def load_config(path, cfg_options=None, launcher=None, strategy=None,
     (:func:`default_work_dir`) + ``--strategy`` (a preset
     name, see :func:`~dsvlm.engine.strategy_config.apply_strategy`) +
     :func:`complete_config` (unless ``complete=False``: the caller completes
-    after its own changes)."""
+    after its own changes).  A top-level key that no code reads is an
+    error or a warning (:func:`~dsvlm.engine.config_keys.check_config_keys`).
+    """
+    from .config_keys import check_config_keys  # it imports SHARED_KEYS
     cfg = Config.fromfile(path)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
+    check_config_keys(cfg, cfg_options=cfg_options)
     if cfg.get('work_dir') is None:
         cfg.work_dir = default_work_dir(path)
     if strategy is not None:
@@ -95,11 +103,29 @@ def complete_config(cfg, world_size=None):
     for loader in DATALOADERS:
         if cfg.get(loader):
             set_sampler_batch_size(cfg[loader], loader)
+    set_bad_sample_records(cfg)
     fill_strategy_settings(cfg)
     if world_size is None:
         world_size = world_size_from_env()
     set_gradient_accumulation(cfg, world_size)
     return cfg
+
+
+BAD_SAMPLE_RECORDS = 'bad_samples.jsonl'
+
+
+def set_bad_sample_records(cfg) -> None:
+    """Training datasets that skip bad samples list them in
+    ``WORK_DIR/bad_samples.jsonl`` unless they name another file."""
+    loader = cfg.get('train_dataloader')
+    if not loader or loader.get('dataset') is None or not cfg.get('work_dir'):
+        return
+    for ds_cfg in leaf_datasets(loader['dataset']):
+        policy = ds_cfg.get('bad_samples')
+        if isinstance(policy, dict) and policy.get('policy') == 'skip' \
+                and policy.get('record_file') is None:
+            policy['record_file'] = os.path.join(cfg['work_dir'],
+                                                 BAD_SAMPLE_RECORDS)
 
 
 def _takes_batch_size(sampler_type) -> bool:

@@ -32,7 +32,11 @@ class LlavaModel(BaseModel):
         template: conversation template (a name, or a dict of a name and
             fields to replace, see :func:`~dsvlm.datasets.get_template`);
             its end-of-turn string stops generation.
-        max_length: spliced sequences are truncated to this many tokens.
+        max_length: the longest spliced sequence; the dataset truncates to
+            it (a longer one is an error naming the sample).
+        num_image_tokens: the image features per image the datasets count
+            when they truncate; the first batch checks that the connector
+            gives that many (None: not checked).
         pretrained_pth: a checkpoint file, or a finished run's work_dir, whose
             matching weights are loaded after building (stage 2 loads the
             stage-1 connector this way).
@@ -51,6 +55,7 @@ class LlavaModel(BaseModel):
                  image_processor=None,
                  template=None,
                  max_length: Optional[int] = None,
+                 num_image_tokens: Optional[int] = None,
                  pretrained_pth: Optional[str] = None,
                  supervisors: Optional[List[dict]] = None,
                  generation_cfg: Optional[dict] = None,
@@ -82,6 +87,7 @@ class LlavaModel(BaseModel):
         self._image_normalization = None
         self.template = template
         self.max_length = max_length
+        self.num_image_tokens = num_image_tokens
         self.generation_cfg = {'max_new_tokens': 32,
                                **(generation_cfg or {})}
         self.save_trainable_only = save_trainable_only
@@ -160,6 +166,8 @@ class LlavaModel(BaseModel):
     def _splice(self, inputs, data_samples, features, padding_side):
         sample_ids = [s.get('id') for s in data_samples] \
             if data_samples else None
+        if features is not None:
+            self._check_image_length(features.connector_output.shape[1])
         return splice_image_features(
             self.llm.embed_tokens, inputs['input_ids'],
             inputs['attention_mask'],
@@ -167,6 +175,15 @@ class LlavaModel(BaseModel):
             inputs.get('has_image'), labels=inputs.get('labels'),
             max_length=self.max_length, padding_side=padding_side,
             sample_ids=sample_ids)
+
+    def _check_image_length(self, num_features: int) -> None:
+        expected = self.num_image_tokens
+        if expected is not None and num_features != expected:
+            raise ValueError(
+                f'the connector gives {num_features} features per image, '
+                f'but the config says num_image_tokens={expected} (what the '
+                'datasets count when they truncate to max_length): set '
+                f'num_image_tokens={num_features}')
 
     def _encode_if_images(self, inputs) -> VisualFeatures:
         """The batch's visual features; a batch without any image encodes

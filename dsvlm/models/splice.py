@@ -37,7 +37,11 @@ def splice_image_features(embed_tokens: Callable[[Tensor], Tensor],
             samples are ignored), or None if no sample has an image.
         has_image: ``[B]`` bool.
         labels: ``[B, T]`` or None (prediction).
-        max_length: truncate each spliced sequence to this length.
+        max_length: the longest spliced sequence allowed.  The dataset
+            truncates, counting the image as its features
+            (``num_image_tokens``); a longer sequence here means the two
+            disagree, and is an error naming the sample (truncating again
+            would drop supervised tokens without a word).
         padding_side: ``'right'`` for training, ``'left'`` for generation.
         sample_ids: names of the samples, for error messages.
     """
@@ -63,14 +67,26 @@ def splice_image_features(embed_tokens: Callable[[Tensor], Tensor],
                 ignore = row_labels.new_full((feats.shape[0], ), IGNORE_INDEX)
                 row_labels = torch.cat([row_labels[:p], ignore,
                                         row_labels[p + 1:]])
-        if max_length is not None:
-            embeds = embeds[:max_length]
-            row_labels = row_labels[:max_length] \
-                if row_labels is not None else None
+        if max_length is not None and len(embeds) > max_length:
+            raise ValueError(_over_length_message(
+                b, sample_ids, len(embeds), max_length,
+                len(image_features[b]) if positions else None))
         embeds_rows.append(embeds)
         label_rows.append(row_labels)
     return _pad(embeds_rows, label_rows, padding_side,
                 with_labels=labels is not None)
+
+
+def _over_length_message(b, sample_ids, length, max_length, num_features):
+    name = sample_ids[b] if sample_ids else f'batch row {b}'
+    why = ''
+    if num_features is not None:
+        why = (f' with its {num_features} image features; the dataset '
+               'truncates to max_length counting the image as '
+               '`num_image_tokens` features: set num_image_tokens='
+               f'{num_features} in the config')
+    return (f'sample {name} is {length} tokens long after splicing > '
+            f'max_length={max_length}{why}')
 
 
 def _check_image_tokens(positions, wants_image, b, sample_ids):

@@ -18,7 +18,11 @@ train_dataloader = dict(
         ann_file=__data_root + '/llava_v1_5_mix665k.json',
         image_folder=__data_root,
         image_aspect_ratio='pad',
-        test_mode=False),
+        test_mode=False,
+        # a sample that fails while training (a broken image...) is listed
+        # in WORK_DIR/bad_samples.jsonl and replaced by the next usable one;
+        # more than 1 % of the file skipped stops the run
+        bad_samples=dict(policy='skip', max_fraction=0.01)),
 )
 val_dataloader = None
 val_evaluator = None

@@ -16,7 +16,11 @@ train_dataloader = dict(
         image_folder=__data_root + '/images',
         image_aspect_ratio='original',  # LLaVA-1.5 pads only in stage 2
         template='plain',
-        test_mode=False),
+        test_mode=False,
+        # a sample that fails while training (a broken image...) is listed
+        # in WORK_DIR/bad_samples.jsonl and replaced by the next usable one;
+        # more than 1 % of the file skipped stops the run
+        bad_samples=dict(policy='skip', max_fraction=0.01)),
 )
 val_dataloader = None
 val_evaluator = None

@@ -15,3 +15,6 @@ vision_encoder = dict(
     select_feature='patch',
 )
 image_processor = dict(type='pretrained_image_processor', path=__encoder_dir)
+# image features per image that the LLM sees: (336 / 14)^2 patches, no CLS;
+# the datasets count them when they truncate to max_length
+num_image_tokens = 576

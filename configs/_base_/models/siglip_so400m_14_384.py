@@ -24,3 +24,6 @@ vision_encoder = dict(
     feature_levels=dict(low=9, mid=18, high=26),
 )
 image_processor = dict(type='pretrained_image_processor', path=__encoder_dir)
+# image features per image that the LLM sees: (384 // 14)^2 patches; the
+# datasets count them when they truncate to max_length
+num_image_tokens = 729
