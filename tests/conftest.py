@@ -61,3 +61,19 @@ def logged_warnings():
     logger.addHandler(handler)
     yield messages
     logger.removeHandler(handler)
+
+
+@pytest.fixture(scope='module', autouse=True)
+def collect_process_groups():
+    """After each test module: end a process group a test left initialised
+    and collect garbage now, in the process that owns its threads.  A gloo
+    process group left as garbage would otherwise be destroyed by a garbage
+    collection in a process forked later (a dataloader worker, a forked
+    rank), where joining its threads hangs forever."""
+    yield
+    import gc
+
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    gc.collect()

@@ -97,6 +97,7 @@ def _serve():
     from tool_loader import load_tool
     train = load_tool('train')
     import checkpoint_faults  # noqa: F401  (wraps the save steps)
+    import run_faults  # noqa: F401  (data, full-disk and nan faults)
     import transformers.models.clip.modeling_clip  # noqa: F401
     import transformers.models.llama.modeling_llama  # noqa: F401
 

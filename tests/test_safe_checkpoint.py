@@ -291,3 +291,31 @@ def test_killed_and_resumed_deepspeed_run_ends_with_uninterrupted_weights(
     assert len(story) == 3, story
     _assert_same(deepspeed_checkpoint_to_state_dict(full),
                  deepspeed_checkpoint_to_state_dict(faulty))
+
+
+def test_a_resumed_dsvlm_run_draws_the_noise_of_the_uninterrupted_one(
+        trainer, tmp_path):
+    """The diffusion noise, timesteps and VAE samples come from a generator
+    whose position is in the checkpoint: resumed from iteration 2, the
+    tiny DS-VLM ends with exactly the weights of the run that went on."""
+    iters = 4
+    args = ['configs/tiny/dsvlm_tiny.py', '--cfg-options',
+            *_options(tmp_path / 'world', iters), 'custom_hooks=[]',
+            'default_hooks.checkpoint.max_keep_ckpts=-1']
+    full, resumed = tmp_path / 'full', tmp_path / 'resumed'
+    uninterrupted(trainer, full, args, tmp_path / 'full.log', iters)
+    resumed.mkdir()
+    (resumed / 'iter_2.pth').write_bytes((full / 'iter_2.pth').read_bytes())
+    (resumed / 'last_checkpoint').write_text(str(resumed / 'iter_2.pth'))
+    log = tmp_path / 'resumed.log'
+    trainer.start([*args[:1], '--work-dir', resumed, '--resume', *args[1:]],
+                  log)
+    assert trainer.wait(600) == 0, log.read_text()[-3000:]
+    assert _resumed_step(log.read_text()) == 2
+
+    def weights(work_dir, step):
+        return torch.load(work_dir / f'iter_{step}.pth',
+                          weights_only=False)['state_dict']
+    noise = 'supervisors.0.noise.state'
+    assert int(weights(full, 2)[noise][1]) == 2  # one draw per step
+    _assert_same(weights(full, iters), weights(resumed, iters))

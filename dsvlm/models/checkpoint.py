@@ -23,6 +23,15 @@ def trainable_names(model: nn.Module) -> set:
             if p.requires_grad}
 
 
+def training_state_names(model: nn.Module) -> set:
+    """Buffers that trainable-only checkpoints keep too: those of modules
+    that say ``keep_in_checkpoints`` (e.g. a supervisor's noise position)."""
+    return {f'{prefix}.{name}' if prefix else name
+            for prefix, module in model.named_modules()
+            if getattr(module, 'keep_in_checkpoints', False)
+            for name, _ in module.named_buffers(recurse=False)}
+
+
 def keep_trainable(state_dict: Dict[str, torch.Tensor],
                    names: Iterable[str]) -> Dict[str, torch.Tensor]:
     names = set(names)
@@ -38,13 +47,15 @@ TRAINING_ONLY_PREFIX = 'supervisors.'
 def ignore_expected_mismatches(module: nn.Module, incompatible_keys) -> None:
     """A ``load_state_dict`` post-hook for trainable-only checkpoints.
 
-    Frozen parameters are expected to be absent (trainable ones are still
+    Frozen parameters (and the training state of checkpoints written before
+    it was saved) are expected to be absent (trainable ones are still
     reported missing), and a model built for inference, without
     supervisors, expects the training-only ``supervisors.*`` weights of a
     training checkpoint and ignores them.
     """
     frozen = {n for n, p in module.named_parameters(remove_duplicate=False)
               if not p.requires_grad}
+    frozen |= training_state_names(module)  # absent from older checkpoints
     missing = incompatible_keys.missing_keys
     missing[:] = [k for k in missing if k not in frozen]
     if not len(getattr(module, 'supervisors', ())):

@@ -8,7 +8,8 @@ from torch import nn
 
 from dsvlm.registry import CONNECTORS, LLMS, MODELS, SUPERVISORS, VISION_ENCODERS
 from .checkpoint import (ignore_expected_mismatches, keep_trainable,
-                         load_pretrained_pth, trainable_names)
+                         load_pretrained_pth, trainable_names,
+                         training_state_names)
 from .features import VisualFeatures
 from .generation import decode_answers, generation_kwargs
 from .splice import splice_image_features
@@ -128,8 +129,8 @@ class LlavaModel(BaseModel):
         if not self.save_trainable_only:
             return state
         prefix = kwargs.get('prefix', args[1] if len(args) > 1 else '')
-        return keep_trainable(state,
-                              {prefix + n for n in trainable_names(self)})
+        kept = trainable_names(self) | training_state_names(self)
+        return keep_trainable(state, {prefix + n for n in kept})
 
     @property
     def tokenizer(self):

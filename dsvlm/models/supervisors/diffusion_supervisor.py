@@ -26,6 +26,7 @@ from .denoising import (clean_latent_estimate, ddim_denoise,
 from .diffusion_parts import build_diffusion_parts, ddim_sampler
 from .moe_cross_attention import (install_moe_cross_attention,
                                   router_probabilities)
+from .noise_source import CheckpointedNoise
 from .shared_cross_attention import (install_shared_cross_attention,
                                      pack_branch_features)
 from .supervisor_settings import (IMAGE_LEVELS, check_features,
@@ -103,6 +104,9 @@ class DiffusionSupervisor(nn.Module):
                  gradient_checkpointing: bool = False,
                  dtype=None):
         super().__init__()
+        # the noise, timesteps and posterior samples: resumed runs redraw
+        # them exactly (the draw count is in every checkpoint)
+        self.noise = CheckpointedNoise()
         self.image_layers = resolve_image_layers(
             image_layers, encoder_levels, encoder_num_layers)
         check_features(text_feature, self.image_layers, cross_attention)
@@ -187,13 +191,16 @@ class DiffusionSupervisor(nn.Module):
             conds.append(self.adapters[level](hidden[rows]))
         return [c.to(self.unet.dtype) for c in conds]
 
-    def encode_latents(self, images: Tensor, sample: bool = True) -> Tensor:
-        """VAE latents of ``images``: a sample of the posterior, or (with
-        ``sample=False``) its mean, drawing no random numbers."""
+    def encode_latents(self, images: Tensor,
+                       generator: Optional[torch.Generator] = None) -> Tensor:
+        """VAE latents of ``images``: a sample of the posterior drawn with
+        ``generator``, or (without one) its mean, drawing no random
+        numbers."""
         trainable = any(p.requires_grad for p in self.vae.encoder.parameters())
         with torch.set_grad_enabled(trainable and torch.is_grad_enabled()):
             dist = self.vae.encode(images).latent_dist
-        latents = dist.sample() if sample else dist.mode()
+        latents = dist.mode() if generator is None else \
+            dist.sample(generator=generator)
         return latents * self.vae_scale
 
     def decode_latents(self, latents: Tensor) -> Tensor:
@@ -226,16 +233,20 @@ class DiffusionSupervisor(nn.Module):
         elif self.max_images is not None:
             rows = rows & (rows.cumsum(0) <= self.max_images)
         target = self.target_images(features, rows)
-        latents = self.encode_latents(target, sample=not placeholder)
+        generator = None if placeholder else \
+            self.noise.next_generator(target.device)
+        latents = self.encode_latents(target, generator=generator)
         if placeholder:
             noise = torch.zeros_like(latents)
             timesteps = torch.full((latents.shape[0], ),
                                    self.timestep_range[0], dtype=torch.long,
                                    device=latents.device)
         else:
-            noise = torch.randn_like(latents)
+            noise = torch.randn(latents.shape, generator=generator,
+                                device=latents.device, dtype=latents.dtype)
             timesteps = torch.randint(*self.timestep_range,
                                       (latents.shape[0], ),
+                                      generator=generator,
                                       device=latents.device)
         x_t = self.scheduler.add_noise(latents, noise, timesteps)
         predict = self._unet(self.conditions(features, rows))
