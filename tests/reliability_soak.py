@@ -53,8 +53,12 @@ def soak_options(root, iters, save_interval, batch_size):
 def break_one_image(world):
     """Overwrite the image of the 6th training sample with garbage; returns
     its sample id."""
+    from mmengine.config import Config
+
     from dsvlm.datasets.tiny.shapes import ensure_shapes_world
-    root = Path(ensure_shapes_world(world, **WORLD))
+    params = dict(Config.fromfile(CONFIG).train_dataloader.dataset.world,
+                  **WORLD)  # as soak_options make the runs build it
+    root = Path(ensure_shapes_world(world, **params))
     records = json.loads((root / 'instruct.json').read_text())
     record = [r for r in records if 'image' in r][5]
     (root / 'images' / record['image']).write_bytes(b'not an image')
@@ -98,28 +102,32 @@ def wait_for(condition, timeout, log):
         time.sleep(0.2)
 
 
-def faulty_runs(trainer, argv, work_dir, root, env, iters, save_interval):
+def faulty_runs(trainer, argv, work_dir, root, env, save_interval,
+                batch_size):
     """Run, kill or fail once per kind of fault, resume each time; returns
     a record per run."""
     mark = root / 'mark'
-    faults = [
-        ('kill in a training step', dict(), 'step'),
-        ('kill while loading a sample', dict(DSVLM_FAULT_DATA_PAUSE='150'),
-         'pause'),
-        ('kill in a save (written, not renamed)', None, 'pause'),
-        ('full disk in a save', None, 'fails'),
-        ('none: run to the end', dict(), 'ends'),
+    half = save_interval // 2
+    faults = [  # the kills in a step and in loading come after a save
+        ('kill in a training step', 'step'),
+        ('kill while loading a sample', 'pause'),
+        ('kill in a save (written, not renamed)', 'pause'),
+        ('full disk in a save', 'fails'),
+        ('none: run to the end', 'ends'),
     ]
     records = []
-    for k, (name, extra, how) in enumerate(faults):
-        resumed_from = 0
-        found = sorted(work_dir.glob('iter_*.pth'))
-        if found:
-            resumed_from = max(int(p.stem[5:]) for p in found)
+    for k, (name, how) in enumerate(faults):
+        found = [int(p.stem[5:]) for p in work_dir.glob('iter_*.pth')]
+        resumed_from = max(found, default=0)
         next_save = (resumed_from // save_interval + 1) * save_interval
-        if name.startswith('kill in a save'):
+        extra = {}
+        if name.startswith('kill while loading'):
+            # the resumed loop reads the samples of the steps done again
+            extra = dict(DSVLM_FAULT_DATA_PAUSE=str(
+                (next_save + half) * batch_size))
+        elif name.startswith('kill in a save'):
             extra = dict(DSVLM_FAULT_PAUSE=f'written:{next_save}')
-        if name.startswith('full disk'):
+        elif name.startswith('full disk'):
             extra = dict(DSVLM_FAULT_FULL_DISK=str(next_save))
         if mark.exists():
             mark.unlink()
@@ -128,7 +136,7 @@ def faulty_runs(trainer, argv, work_dir, root, env, iters, save_interval):
         trainer.start([argv[0], '--work-dir', work_dir, '--resume',
                        *argv[1:]], log, run_env)
         if how == 'step':
-            target = min(iters - 1, resumed_from + save_interval // 2 + 7)
+            target = next_save + half
             wait_for(lambda: last_iteration(log) >= target, 900, log)
             trainer.kill()
         elif how == 'pause':
@@ -179,7 +187,7 @@ def main():
             raise RuntimeError(log.read_text()[-3000:])
         full_time = time.time() - began
         records = faulty_runs(trainer, argv, root / 'faulty', root, env,
-                              args.iters, args.save_interval)
+                              args.save_interval, args.batch_size)
     full, resumed = (weights(root / d, args.iters) for d in
                      ('full', 'faulty'))
     equal = sorted(full) == sorted(resumed) and all(
@@ -212,7 +220,8 @@ def report(args, samples, records, equal, broken, root, full_time, total):
         nan = re.findall(r'non-finite[^\n]*', '\n'.join(
             p.read_text(errors='replace') for p in
             sorted(root.glob(f'{name}*.log'))))
-        print(f'{name}: skipped samples {ids} (broken image: {broken!r}); '
+        print(f'{name}: skipped samples {sorted(set(ids))} (broken image: '
+              f'{broken!r}; {len(ids)} records, one per run that met it); '
               f'non-finite step messages: {len(nan)}')
     for r in records:
         print(f'fault: {r["fault"]}: exit {r["exit_code"]}, resumed from '

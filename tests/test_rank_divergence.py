@@ -231,6 +231,9 @@ def test_text_only_rank_and_image_rank_train_like_one_process(
     assert any(k.startswith('supervisors.0.') for k in state)
     assert any(k.startswith('vision_encoder.') for k in state)
     for key, value in reference.items():
+        if key.endswith('noise.count'):  # steps per process: 4 against 8
+            assert int(state[key]) * 2 == int(value) == SAMPLES, key
+            continue
         torch.testing.assert_close(state[key].float(), value.float(),
                                    rtol=0, atol=atol, msg=key)
     # the same losses, sample by sample: rank 0 had samples 0, 2, 4, 6

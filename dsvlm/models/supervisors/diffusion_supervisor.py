@@ -226,16 +226,17 @@ class DiffusionSupervisor(nn.Module):
         if placeholder:
             # No image in the batch: the same modules still run (sharded
             # engines hang otherwise) on the first row, a placeholder, and
-            # the losses are multiplied by zero.  No random number is drawn,
-            # so the noise of later batches does not depend on how the
-            # text-only batches fell.  Timestep: the lowest training one.
+            # the losses are multiplied by zero.  No random number is drawn
+            # (the noise of a step depends on its count only).  Timestep:
+            # the lowest training one.
             rows = torch.arange(len(rows), device=rows.device) == 0
         elif self.max_images is not None:
             rows = rows & (rows.cumsum(0) <= self.max_images)
         target = self.target_images(features, rows)
-        generator = None if placeholder else \
-            self.noise.next_generator(target.device)
-        latents = self.encode_latents(target, generator=generator)
+        # every rank counts the step, an image-less one too (see noise)
+        generator = self.noise.next_generator(target.device)
+        latents = self.encode_latents(
+            target, generator=None if placeholder else generator)
         if placeholder:
             noise = torch.zeros_like(latents)
             timesteps = torch.full((latents.shape[0], ),
