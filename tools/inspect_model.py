@@ -22,9 +22,7 @@ import os.path as osp
 import sys
 from collections import OrderedDict
 
-import torch
 from mmengine.config import DictAction
-from mmengine.registry import init_default_scope
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -35,19 +33,9 @@ with contextlib.redirect_stdout(sys.stderr):
     from dsvlm.engine.config import complete_config, load_config  # noqa
     from dsvlm.engine.strategies.fsdp2 import sharding_units  # noqa: E402
     from dsvlm.engine.strategy_config import strategy_names  # noqa: E402
-    from dsvlm.models.hf_build import architecture_only  # noqa: E402
-    from dsvlm.registry import MODELS  # noqa: E402
+    from dsvlm.profiling.meta_model import build_meta_model  # noqa: E402
 
 COMPONENTS = ('vision_encoder', 'connector', 'llm')
-
-
-def build_meta_model(cfg):
-    """The config's model on the meta device, without weights or tokenizer."""
-    init_default_scope(cfg.get('default_scope', 'dsvlm'))
-    model_cfg = cfg.model.copy()
-    model_cfg.update(tokenizer=None, pretrained_pth=None)
-    with torch.device('meta'), architecture_only():
-        return MODELS.build(model_cfg)
 
 
 def _component_of(name: str, supervisor_names: dict) -> str:

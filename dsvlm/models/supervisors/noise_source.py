@@ -37,9 +37,12 @@ class CheckpointedNoise(nn.Module):
         self.seed = seed
         self.register_buffer('count', torch.zeros((), dtype=torch.long))
 
-    def next_generator(self, device) -> torch.Generator:
+    def next_generator(self, device) -> Optional[torch.Generator]:
         """A generator on ``device`` for one step's draws; every call
-        advances the count."""
+        advances the count.  None on the meta device (FLOP counting), which
+        has no generator and no values to draw."""
+        if torch.device(device).type == 'meta':
+            return None
         if self.seed is None:
             self.seed = torch.initial_seed()
         rank, world_size = _rank_and_world_size()
