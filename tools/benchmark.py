@@ -1,7 +1,20 @@
 """What a training step of a config costs, and what its supervision adds.
 
+    python tools/benchmark.py CONFIG [--steps 20] [--warmup 3]
+        [--random-init] [--json OUT] [--cfg-options k=v ...]
     python tools/benchmark.py CONFIG --flops [--text-tokens N]
-        [--supervised-tokens N] [--json OUT] [--cfg-options k=v ...]
+        [--supervised-tokens N] [--json OUT]
+
+Without ``--flops`` it measures (:mod:`dsvlm.profiling.step_timing`): the
+config's training step on the batches of its training dataloader, with and
+without its supervisors, alternately on the same batches in one process
+after ``--warmup`` batches; for both, the median step time, samples/s,
+tokens/s (after splicing the image features) and peak memory (CUDA where
+present, else the process RSS), and the ratios supervised/unsupervised;
+then the supervised step's time by part (forward, backward) and the
+optimizer step, and the training dataset's throughput in one process (one
+dataloader worker's).  ``--random-init`` builds the real architectures
+with random weights (no checkpoints needed): the paper's sizes on a GPU.
 
 ``--flops`` counts the FLOPs of one training micro-step of the config at
 its real size on the meta device (no weights are read, nothing is
@@ -30,6 +43,7 @@ with contextlib.redirect_stdout(sys.stderr):  # import-time notices
     from dsvlm.engine.config import load_config  # noqa: E402
     from dsvlm.profiling.step_flops import (default_shape,  # noqa: E402
                                             llava_step_flops, summarize)
+    from dsvlm.profiling.measure import measure  # noqa: E402
     from dsvlm.profiling.meta_model import build_meta_model  # noqa: E402
 
 
@@ -38,6 +52,14 @@ def parse_args(argv=None):
     parser.add_argument('config', help='config file path')
     parser.add_argument('--flops', action='store_true',
                         help='count the FLOPs of one step on the meta device')
+    parser.add_argument('--steps', type=int, default=20,
+                        help='measured steps per variant')
+    parser.add_argument('--warmup', type=int, default=3,
+                        help='unmeasured steps per variant first')
+    parser.add_argument('--random-init', action='store_true',
+                        help='random weights instead of the checkpoints')
+    parser.add_argument('--data-samples', type=int, default=200,
+                        help='samples read to measure the data pipeline')
     parser.add_argument('--text-tokens', type=int,
                         help='text tokens per sample (default: typical of '
                         'the stage)')
@@ -46,10 +68,7 @@ def parse_args(argv=None):
     parser.add_argument('--json', help='also write the results here')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings')
-    args = parser.parse_args(argv)
-    if not args.flops:
-        parser.error('choose what to benchmark: --flops')
-    return args
+    return parser.parse_args(argv)
 
 
 def count_flops(cfg, text_tokens=None, supervised_tokens=None) -> dict:
@@ -87,15 +106,57 @@ def format_flops(result, name) -> str:
     return '\n'.join(lines)
 
 
+def format_measured(result, name) -> str:
+    ab = result['ab']
+    lines = [f'== {name}: {result["device"]}, batches of '
+             f'{result["batch_size"]} samples ({result["tokens_per_batch"]:.0f}'
+             f' tokens after splicing), {ab["supervised"]["steps"]} measured '
+             'steps each, alternating',
+             f'{"":14s} {"step (s)":>9s} {"samples/s":>10s} {"tokens/s":>10s} '
+             f'{"peak memory":>12s}']
+    for variant in ('unsupervised', 'supervised'):
+        r = ab[variant]
+        lines.append(f'{variant:14s} {r["median_step_s"]:9.4f} '
+                     f'{r["samples_per_s"]:10.1f} {r["tokens_per_s"]:10.0f} '
+                     f'{r["peak_memory_bytes"] / 2**20:9.0f} MiB')
+    lines.append(f'supervised / unsupervised: step time '
+                 f'{ab["ratio"]["step_time"]:.3f}x, peak memory '
+                 f'{ab["ratio"]["peak_memory"]:.3f}x')
+    parts = result['parts']
+    total = sum(p['forward'] + p['backward'] for p in parts.values())
+    shape = result['parts_shape']
+    lines.append(f'supervised step by part ({shape["text_tokens"]} text '
+                 'tokens a sample), ms:')
+    lines.append(f'{"part":30s} {"forward":>9s} {"backward":>9s} '
+                 f'{"share":>7s}')
+    for part, t in parts.items():
+        lines.append(f'{part:30s} {t["forward"] * 1e3:9.2f} '
+                     f'{t["backward"] * 1e3:9.2f} '
+                     f'{(t["forward"] + t["backward"]) / total:7.1%}')
+    per_step = result['batch_size'] / ab['supervised']['median_step_s']
+    lines.append(f'data pipeline: {result["data_samples_per_s"]:.1f} '
+                 f'samples/s in one process; the supervised step takes '
+                 f'{per_step:.1f} samples/s')
+    return '\n'.join(lines)
+
+
 def main(argv=None):
     args = parse_args(argv)
     with contextlib.redirect_stdout(sys.stderr):
         cfg = load_config(args.config, args.cfg_options, launcher='none')
-        result = count_flops(cfg, args.text_tokens, args.supervised_tokens)
-    print(format_flops(result, args.config))
+        if args.flops:
+            result = count_flops(cfg, args.text_tokens,
+                                 args.supervised_tokens)
+        else:
+            result = measure(cfg, args.steps, args.warmup, args.random_init,
+                             args.data_samples)
+    print(format_flops(result, args.config) if args.flops else
+          format_measured(result, args.config))
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump(dict(config=args.config, flops=result), f, indent=1)
+            json.dump(dict(config=args.config,
+                           **{'flops' if args.flops else 'measured':
+                              result}), f, indent=1)
     return result
 
 

@@ -41,7 +41,10 @@ class TrainableOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """``DefaultOptimWrapperConstructor`` that gives the optimizer only the
     parameters with ``requires_grad``, with ``paramwise_cfg`` (``lr_mult``,
     ``decay_mult`` per ``custom_keys``) applied and equal settings merged
-    into one group each.
+    into one group each.  With ``clip_grad=dict(..., per_part=True)`` each
+    group also says which part of the model its parameters belong to
+    (``clip_part``: ``vision_encoder``, ``llm``, ``supervisors``...), which
+    the optimizer wrapper clips separately.
 
     Use: ``optim_wrapper = dict(constructor='TrainableOptimWrapperConstructor',
     ...)``; ``dsvlm.engine.config.complete_config`` sets it for the sharded
@@ -54,6 +57,9 @@ class TrainableOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             return  # a frozen subtree (the LLM, the UNet): nothing to add
         groups: List[dict] = []
         super().add_params(groups, module, prefix, is_dcn_module)
+        if self.clip_per_part:  # innermost call first: its own prefix
+            for group in groups:
+                group.setdefault('clip_part', prefix.split('.')[0])
         params.extend(merge_param_groups(groups))
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg=None):
@@ -61,6 +67,8 @@ class TrainableOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         # model.parameters(), frozen ones included; go through add_params
         super().__init__(optim_wrapper_cfg,
                          paramwise_cfg or dict(custom_keys={}))
+        self.clip_per_part = bool(
+            (optim_wrapper_cfg.get('clip_grad') or {}).get('per_part'))
 
     def __call__(self, model: nn.Module):
         # the parent logs a warning per frozen parameter it skips (thousands

@@ -15,7 +15,14 @@ and, all three:
 * ``nonfinite='stop'`` (default) or ``'skip'``, and
   ``max_consecutive_nonfinite=5``: see :mod:`dsvlm.engine.nonfinite`;
 * ``work_dir``: where the error looks for ``last_checkpoint`` (defaults to
-  the runner's).
+  the runner's);
+* the plain and AMP ones: ``clip_grad=dict(max_norm=..., per_part=True)``
+  clips each part of the model (vision encoder, connector, LLM,
+  supervisors: the ``clip_part`` of the parameter groups, which
+  ``TrainableOptimWrapperConstructor`` sets) to ``max_norm`` on its own,
+  so that one part's large gradients (a diffusion branch trained from
+  scratch) do not shrink the others' steps; ``grad_norm`` is then the norm
+  of all gradients, and each part's is logged as ``grad_norm_<part>``.
 
 At every optimizer step (once per ``accumulative_counts`` micro-batches)
 the loss of each micro-batch and the gradient norm are checked on every
@@ -64,7 +71,12 @@ class _FiniteStepMixin:
                  max_consecutive_nonfinite: int = MAX_CONSECUTIVE_NONFINITE,
                  work_dir=None, check_weights_on_save: bool = True,
                  **kwargs):
+        clip = dict(kwargs.get('clip_grad') or {})
+        per_part = bool(clip.pop('per_part', False))
+        if kwargs.get('clip_grad') is not None:
+            kwargs['clip_grad'] = clip
         super().__init__(*args, **kwargs)
+        self.clip_parts = clip_parts(self.optimizer) if per_part else None
         self.guard = NonFiniteGuard(nonfinite, max_consecutive_nonfinite,
                                     work_dir, self.message_hub)
         self.check_weights_on_save = check_weights_on_save
@@ -100,12 +112,30 @@ class _FiniteStepMixin:
         if self.clip_grad_kwargs and self.grad_name == 'grad_norm':
             if not params:
                 return torch.tensor(False), None
-            norm = self.clip_func(params, **self.clip_grad_kwargs)
+            if self.clip_parts is not None:
+                norm = self._clip_each_part(params)
+            else:
+                norm = self.clip_func(params, **self.clip_grad_kwargs)
             return ~torch.isfinite(norm), norm
         bad = nonfinite_flag(p.grad for p in params)  # before clamping
         if self.clip_grad_kwargs and params:
             self.clip_func(params, **self.clip_grad_kwargs)
         return bad, None
+
+    def _clip_each_part(self, params) -> torch.Tensor:
+        """Clip each part's gradients to ``max_norm`` on its own; returns
+        the norm of all of them (before clipping), and logs each part's as
+        ``grad_norm_<part>``."""
+        by_part = {}
+        for param in params:
+            by_part.setdefault(self.clip_parts[id(param)], []).append(param)
+        norms = []
+        for part, part_params in by_part.items():
+            norm = self.clip_func(part_params, **self.clip_grad_kwargs)
+            self.message_hub.update_scalar(f'train/grad_norm_{part}',
+                                           float(norm))
+            norms.append(norm)
+        return torch.stack(norms).norm()
 
     def _overflow(self, loss_bad: bool, grad_bad: bool) -> bool:
         return False
@@ -128,6 +158,20 @@ class _FiniteStepMixin:
                 'high?). ' + last_checkpoint_note(
                     self.guard.work_dir or runner_work_dir(self.message_hub)))
         return super().state_dict()
+
+
+def clip_parts(optimizer) -> dict:
+    """``{id(param): part}`` from the ``clip_part`` of each parameter group
+    (set by ``TrainableOptimWrapperConstructor``)."""
+    parts = {}
+    for group in optimizer.param_groups:
+        if 'clip_part' not in group:
+            raise ValueError(
+                "optim_wrapper.clip_grad.per_part needs parameter groups "
+                "that name their part: set optim_wrapper.constructor="
+                "'TrainableOptimWrapperConstructor'")
+        parts.update((id(p), group['clip_part']) for p in group['params'])
+    return parts
 
 
 @OPTIM_WRAPPERS.register_module()

@@ -25,11 +25,13 @@ sharded strategies build the optimizer with
 ``TrainableOptimWrapperConstructor`` (trainable parameters only, merged
 parameter groups) unless the config names another constructor.
 """
+import logging
 import os
 import os.path as osp
 from typing import List
 
 from mmengine.config import Config
+from mmengine.logging import print_log
 
 PRESETS_DIR = osp.join(osp.dirname(osp.dirname(osp.dirname(
     osp.abspath(__file__)))), 'configs', '_base_', 'strategies')
@@ -152,6 +154,11 @@ def _fill_deepspeed(cfg):
     if optim is None:
         return
     clip = optim.pop('clip_grad', None)
+    if clip and clip.pop('per_part', False):
+        print_log('optim_wrapper.clip_grad.per_part: DeepSpeed clips one '
+                  'global norm (gradient_clipping); the parts are clipped '
+                  'together under this strategy', logger='current',
+                  level=logging.WARNING)
     if clip:
         if set(clip) - {'max_norm', 'norm_type'} or clip.get(
                 'norm_type', 2) != 2:
