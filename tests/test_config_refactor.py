@@ -78,11 +78,6 @@ def intended_changes(name, before):
                         prefix + 'max_fraction': 0.01,
                         prefix + 'record_file':
                         f'{work_dir}/bad_samples.jsonl'})
-    # issue 11: the tiny DS-VLM clips each part's gradients on its own
-    if name == 'tiny/dsvlm_tiny':
-        changes.update({'optim_wrapper.clip_grad.per_part': True,
-                        'optim_wrapper.constructor':
-                        'TrainableOptimWrapperConstructor'})
     return changes
 
 

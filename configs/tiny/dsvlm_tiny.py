@@ -36,11 +36,6 @@ diffusion_supervisor = dict(
     unet_train_mode='full',
     vae_train_mode='full')
 model = dict(supervisors=[diffusion_supervisor])
-# The random diffusion branch's gradients are large: clipped together with
-# the VLM's (one global norm) they shrink every VLM step, and the tiny
-# DS-VLM lost held-out accuracy.  Each part is clipped on its own.
-optim_wrapper = dict(constructor='TrainableOptimWrapperConstructor',
-                     clip_grad=dict(max_norm=1.0, per_part=True))
 
 custom_hooks = [dict(type='ReconVisualizationHook', interval=200)]
 visualizer = dict(type='Visualizer',
