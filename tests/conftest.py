@@ -63,17 +63,43 @@ def logged_warnings():
     logger.removeHandler(handler)
 
 
+_PROCESS_GROUPS_STARTED = [0]
+
+
+def _count_process_group_starts():
+    """Count ``init_process_group`` calls made in this (pytest) process."""
+    import torch.distributed as dist
+    from torch.distributed import distributed_c10d
+    if not dist.is_available() or getattr(dist.init_process_group,
+                                          '_counted', False):
+        return
+    original = dist.init_process_group
+
+    def counted(*args, **kwargs):
+        _PROCESS_GROUPS_STARTED[0] += 1
+        return original(*args, **kwargs)
+    counted._counted = True
+    dist.init_process_group = distributed_c10d.init_process_group = counted
+
+
+_count_process_group_starts()
+
+
 @pytest.fixture(scope='module', autouse=True)
 def collect_process_groups():
-    """After each test module: end a process group a test left initialised
-    and collect garbage now, in the process that owns its threads.  A gloo
-    process group left as garbage would otherwise be destroyed by a garbage
-    collection in a process forked later (a dataloader worker, a forked
-    rank), where joining its threads hangs forever."""
+    """After a test module that started a process group in this process:
+    end it if still initialised and collect garbage now, in the process
+    that owns its threads.  A gloo process group left as garbage would
+    otherwise be destroyed by a garbage collection in a process forked
+    later (a dataloader worker, a forked rank), where joining its threads
+    hangs forever."""
+    started = _PROCESS_GROUPS_STARTED[0]
     yield
+    if _PROCESS_GROUPS_STARTED[0] == started:
+        return
     import gc
 
     import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized():
+    if dist.is_initialized():
         dist.destroy_process_group()
     gc.collect()
