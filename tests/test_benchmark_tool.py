@@ -115,3 +115,27 @@ def test_the_tool_measures_the_tiny_dsvlm(tmp_path, capsys):
     assert result['batch_size'] == 4
     assert result['data_samples_per_s'] > 0
     assert 'supervisors.0.unet' in result['parts']
+
+
+def test_the_transformers_reference_computes_the_same_loss():
+    """The comparison is like for like: transformers' LLaVA, built from our
+    weights, gets our batch with the image token expanded and computes the
+    same loss."""
+    from dsvlm.profiling.hf_reference import compare_with_hf, hf_inputs
+    model, _ = _model_and_optimizer()
+    model.template = 'vicuna_v1'  # an exportable (chat) model
+    batch = _batch(size=2, text=10)
+    batch['inputs']['has_image'][1] = False  # a text-only row too
+    batch['inputs']['input_ids'][1, 1] = 5
+    result = compare_with_hf(model, batch, steps=1, device='cpu')
+    assert result['loss_transformers'] == pytest.approx(
+        result['loss_ours'], rel=1e-5)
+    assert result['ratio'] == pytest.approx(
+        result['ours_s'] / result['transformers_s'])
+    expanded = hf_inputs(batch['inputs'], image_token_id=999,
+                         num_image_tokens=16)
+    assert (expanded['input_ids'][0] == 999).sum() == 16
+    assert (expanded['input_ids'][1] == 999).sum() == 0
+    assert expanded['pixel_values'].shape[0] == 1
+    assert int(expanded['attention_mask'][1].sum()) == 11
+

@@ -13,8 +13,11 @@ tokens/s (after splicing the image features) and peak memory (CUDA where
 present, else the process RSS), and the ratios supervised/unsupervised;
 then the supervised step's time by part (forward, backward) and the
 optimizer step, and the training dataset's throughput in one process (one
-dataloader worker's).  ``--random-init`` builds the real architectures
-with random weights (no checkpoints needed): the paper's sizes on a GPU.
+dataloader worker's), and the unsupervised forward + backward against
+transformers' ``LlavaForConditionalGeneration`` on the same weights and
+batch (``--no-hf-reference`` skips it).  ``--random-init`` builds the real
+architectures with random weights (no checkpoints needed): the paper's
+sizes on a GPU.
 
 ``--flops`` counts the FLOPs of one training micro-step of the config at
 its real size on the meta device (no weights are read, nothing is
@@ -60,6 +63,10 @@ def parse_args(argv=None):
                         help='random weights instead of the checkpoints')
     parser.add_argument('--data-samples', type=int, default=200,
                         help='samples read to measure the data pipeline')
+    parser.add_argument('--no-hf-reference', action='store_true',
+                        help="skip the comparison with transformers' "
+                        'LlavaForConditionalGeneration (a second copy of '
+                        'the model)')
     parser.add_argument('--text-tokens', type=int,
                         help='text tokens per sample (default: typical of '
                         'the stage)')
@@ -133,6 +140,17 @@ def format_measured(result, name) -> str:
         lines.append(f'{part:30s} {t["forward"] * 1e3:9.2f} '
                      f'{t["backward"] * 1e3:9.2f} '
                      f'{(t["forward"] + t["backward"]) / total:7.1%}')
+    reference = result.get('transformers')
+    if reference and 'skipped' in reference:
+        lines.append(f'transformers reference: skipped ({reference["skipped"]})')
+    elif reference:
+        lines.append(
+            f"unsupervised forward + backward: {reference['ours_s']:.4f} s; "
+            f"transformers' LlavaForConditionalGeneration on the same "
+            f"weights and batch: {reference['transformers_s']:.4f} s "
+            f"(ratio {reference['ratio']:.3f}; losses "
+            f"{reference['loss_ours']:.5f} and "
+            f"{reference['loss_transformers']:.5f})")
     per_step = result['batch_size'] / ab['supervised']['median_step_s']
     lines.append(f'data pipeline: {result["data_samples_per_s"]:.1f} '
                  f'samples/s in one process; the supervised step takes '
@@ -149,7 +167,8 @@ def main(argv=None):
                                  args.supervised_tokens)
         else:
             result = measure(cfg, args.steps, args.warmup, args.random_init,
-                             args.data_samples)
+                             args.data_samples,
+                             hf_reference=not args.no_hf_reference)
     print(format_flops(result, args.config) if args.flops else
           format_measured(result, args.config))
     if args.json:

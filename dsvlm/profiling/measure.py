@@ -62,7 +62,7 @@ def uncached_dataset(cfg):
 
 
 def measure(cfg, steps: int, warmup: int, random_init: bool,
-            data_samples: int) -> dict:
+            data_samples: int, hf_reference: bool = True) -> dict:
     """Everything ``tools/benchmark.py`` measures (see its doc)."""
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     torch.manual_seed(0)
@@ -90,7 +90,19 @@ def measure(cfg, steps: int, warmup: int, random_init: bool,
                 tokens_per_batch=tokens, ab=ab, parts=parts,
                 parts_shape=vars(shape),
                 data_samples_per_s=data_throughput(uncached_dataset(cfg),
-                                                   data_samples))
+                                                   data_samples),
+                transformers=_reference(model, batches[-1], steps, device)
+                if hf_reference else None)
+
+
+def _reference(model, batch, steps, device):
+    """:func:`compare_with_hf`, or why it cannot run for this model."""
+    from dsvlm.export.hf_llava import ExportError
+    from .hf_reference import compare_with_hf
+    try:
+        return compare_with_hf(model, batch, min(steps, 5), device)
+    except ExportError as e:
+        return dict(skipped=str(e))
 
 
 def _features_per_image(model) -> int:
