@@ -70,6 +70,7 @@ def test_the_llm_part_is_a_llama_decoder_in_closed_form():
                       image_size=TINY_CLIP['image_size'])
     flops = llava_step_flops(model, shape)['llm'].forward
     n_image = (TINY_CLIP['image_size'] // TINY_CLIP['patch_size']) ** 2
+    assert model.vision_encoder.num_tokens == n_image  # CLS dropped
     t = shape.text_tokens + n_image  # positions after splicing
     d, ff = TINY_LLAMA['hidden_size'], TINY_LLAMA['intermediate_size']
     heads, kv = (TINY_LLAMA['num_attention_heads'],

@@ -218,13 +218,17 @@ class LlavaDataset(Dataset):
         """Positions an image takes in the LLM's sequence."""
         return self.num_image_tokens or 1
 
+    def over_length(self, num_tokens: int) -> str:
+        """How a sample of ``num_tokens`` (after splicing) exceeds
+        ``max_length``, for messages."""
+        return (f'{num_tokens} tokens after splicing (image: '
+                f'{self.image_length}) > max_length={self.max_length}')
+
     def _no_supervision_reason(self, tokens) -> str:
         if not tokens.num_supervised:
             return 'no supervised token (every answer is empty)'
-        return (f'{tokens.num_tokens} tokens after splicing (image: '
-                f'{self.image_length}) > max_length={self.max_length}: '
-                f'truncation cuts all {tokens.num_supervised} supervised '
-                'tokens')
+        return (f'{self.over_length(tokens.num_tokens)}: truncation cuts all '
+                f'{tokens.num_supervised} supervised tokens')
 
     def __getitem__(self, idx) -> dict:
         """Item ``idx``; under ``bad_samples.policy='skip'`` a sample that
@@ -298,8 +302,7 @@ class LlavaDataset(Dataset):
         if idx in self._truncated_ids:
             return
         self._truncated_ids.add(idx)
-        print_log(f'sample {sid!r} of {self.ann_file} has {num_tokens} tokens '
-                  f'after splicing (image: {self.image_length}) > '
-                  f'max_length={self.max_length}: truncated '
+        print_log(f'sample {sid!r} of {self.ann_file} has '
+                  f'{self.over_length(num_tokens)}: truncated '
                   f'({self.num_truncated} samples truncated so far)',
                   logger='current', level=logging.WARNING)

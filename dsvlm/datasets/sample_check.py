@@ -28,10 +28,9 @@ def check_llava_sample(dataset, idx, decode_image: bool = True
         problems += e.problems
     if tokens is not None and tokens.truncated:
         problems.append(dataset._problem(
-            idx, 'over_length', f'{tokens.num_tokens} tokens after splicing '
-            f'(image: {dataset.image_length}) > max_length='
-            f'{dataset.max_length}: truncated, {tokens.num_supervised_kept} '
-            f'of {tokens.num_supervised} supervised tokens kept'))
+            idx, 'over_length', f'{dataset.over_length(tokens.num_tokens)}: '
+            f'truncated, {tokens.num_supervised_kept} of '
+            f'{tokens.num_supervised} supervised tokens kept'))
     path = dataset.image_path(idx)
     if path is not None:
         if decode_image:

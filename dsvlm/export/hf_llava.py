@@ -81,12 +81,10 @@ def llava_config(model, image_token_id: int, vocab_size: int):
     encoder, llm = model.vision_encoder, model.llm
     text_config = llm.config.to_dict()
     text_config['vocab_size'] = vocab_size
-    num_tokens = (encoder.image_size // encoder.config.patch_size) ** 2
-    if encoder.has_cls_token and select_strategy(encoder) == 'full':
-        num_tokens += 1
     return LlavaConfig(
         vision_config=encoder.config.to_dict(), text_config=text_config,
-        image_token_index=image_token_id, image_seq_length=num_tokens,
+        image_token_index=image_token_id,
+        image_seq_length=encoder.num_tokens,
         projector_hidden_act=_HF_ACTIVATIONS[activation_name(
             model.connector)],
         vision_feature_select_strategy=select_strategy(encoder),

@@ -78,11 +78,8 @@ def compare_with_hf(model, batch: dict, steps: int, device) -> Dict:
     image_token_id = _unused_token_id(
         inputs, model.llm.model.get_input_embeddings().weight.shape[0])
     hf = to_hf_llava(model, image_token_id).to(device).train()
-    features = inputs['pixel_values'] is not None
-    num_image_tokens = model.num_image_tokens or (
-        model._encode_if_images(inputs).connector_output.shape[1]
-        if features else 1)
-    reference = hf_inputs(inputs, image_token_id, num_image_tokens)
+    # the image's positions in transformers' input: the export's count
+    reference = hf_inputs(inputs, image_token_id, hf.config.image_seq_length)
     times = dict(ours=[], transformers=[])
     losses = {}
     for k in range(steps + 1):

@@ -70,7 +70,7 @@ def measure(cfg, steps: int, warmup: int, random_init: bool,
     optim_wrapper = build_optim_wrapper(model, copy.deepcopy(
         cfg.optim_wrapper))
     batches = training_batches(cfg, warmup + steps)
-    image_tokens = model.num_image_tokens or _features_per_image(model)
+    image_tokens = model.num_image_tokens or model.vision_encoder.num_tokens
     tokens = statistics.mean(spliced_tokens(b, image_tokens)
                              for b in batches)
     samples = len(batches[0]['data_samples'])
@@ -103,11 +103,6 @@ def _reference(model, batch, steps, device):
         return compare_with_hf(model, batch, min(steps, 5), device)
     except ExportError as e:
         return dict(skipped=str(e))
-
-
-def _features_per_image(model) -> int:
-    encoder = model.vision_encoder
-    return (encoder.image_size // encoder.config.patch_size) ** 2
 
 
 def _describe(device) -> str:

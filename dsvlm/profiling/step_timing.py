@@ -15,7 +15,7 @@ import statistics
 import threading
 import time
 from collections import OrderedDict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Dict, List, Sequence
 
 import torch
@@ -101,7 +101,7 @@ def ab_step_times(model, optim_wrapper, batches: Sequence[dict],
     for index, batch in enumerate(batches):
         for name in ('supervised', 'unsupervised'):
             context = without_supervisors(model) if name == 'unsupervised' \
-                else _nothing()
+                else nullcontext()
             with context, PeakMemory(device) as memory, \
                     _TimeMeter(device) as timer:
                 model.train_step(batch, optim_wrapper)
@@ -110,11 +110,6 @@ def ab_step_times(model, optim_wrapper, batches: Sequence[dict],
                 results[name]['peak_memory'] = max(
                     results[name]['peak_memory'], memory.value)
     return results
-
-
-@contextmanager
-def _nothing():
-    yield
 
 
 def time_parts(model, optim_wrapper, shape: StepShape, device,

@@ -98,6 +98,14 @@ class HFVisionEncoder(nn.Module):
         return self.config.image_size
 
     @property
+    def num_tokens(self) -> int:
+        """The tokens :meth:`forward` returns per image: the patches, and
+        the CLS token unless ``select_feature='patch'`` drops it."""
+        patches = (self.image_size // self.config.patch_size) ** 2
+        keeps_cls = self.has_cls_token and self.select_feature != 'patch'
+        return patches + int(keeps_cls)
+
+    @property
     def num_layers(self) -> int:
         return self.config.num_hidden_layers
 
